@@ -1,0 +1,1 @@
+"""lanecount edge."""
