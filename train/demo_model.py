@@ -1,0 +1,88 @@
+"""Reproduce the committed demo model: synthetic scenes → YOLOv8n from scratch → ONNX + JSON.
+
+``make demo-model`` runs this. No pretrained weights can be downloaded here, so the network starts
+from ``yolov8n.yaml``; the synthetic products are simple enough for that to converge on a CPU.
+The result lands in ``edge/models/demo.onnx`` and ``edge/models/demo.json`` (class names, imgsz,
+version, test-split metrics), which the edge daemon's demo, tests and benchmarks use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from train.fit import FitOptions, fit
+from train.synth import CLASSES, write_dataset
+
+MODELS = Path(__file__).resolve().parent.parent / "edge" / "models"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Render the dataset, train, evaluate on the test split and export to ONNX."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--images", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--hours", type=float, default=1.6, help="wall-clock budget; overrides --epochs")
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--work", type=Path, default=Path("runs/demo-model"))
+    p.add_argument("--out", type=Path, default=MODELS)
+    a = p.parse_args(argv)
+
+    data_dir = a.work / "data"
+    data_yaml = data_dir / "data.yaml"
+    if not data_yaml.exists():
+        write_dataset(data_dir, a.images, a.seed, progress=True)
+    extra = {"time": a.hours} if a.hours > 0 else {}
+    opts = FitOptions(
+        model="yolov8n.yaml",
+        epochs=a.epochs,
+        imgsz=a.imgsz,
+        batch=32,
+        patience=100,
+        close_mosaic=5,
+        seed=a.seed,
+        device="cpu",
+        project=str(a.work.resolve()),
+        name="fit",
+        exist_ok=True,
+        extra=extra,
+    )
+    started = time.time()
+    result = fit(data_yaml, opts)
+    export(result.best, data_yaml, a, time.time() - started)
+
+
+def export(best: Path, data_yaml: Path, a: argparse.Namespace, train_s: float) -> None:
+    """Evaluate ``best`` on the test split and write demo.onnx + demo.json."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(best))
+    m = model.val(data=str(data_yaml), split="test", imgsz=a.imgsz, batch=16, device="cpu", plots=False)
+    onnx = Path(model.export(format="onnx", imgsz=a.imgsz, opset=12, simplify=True, dynamic=False))
+    a.out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx, a.out / "demo.onnx")
+    meta = {
+        "name": "lanecount-demo",
+        "version": time.strftime("%Y.%m.%d"),
+        "architecture": "yolov8n",
+        "imgsz": a.imgsz,
+        "names": list(CLASSES),
+        "trained_on": {"generator": "lanecount-train synth", "images": a.images, "seed": a.seed},
+        "train_hours": round(train_s / 3600, 2),
+        "metrics_test": {
+            "mAP50": round(float(m.box.map50), 4),
+            "mAP50-95": round(float(m.box.map), 4),
+            "precision": round(float(m.box.mp), 4),
+            "recall": round(float(m.box.mr), 4),
+        },
+    }
+    (a.out / "demo.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+    main()
