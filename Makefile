@@ -56,10 +56,12 @@ lint: venv
 check: lint test
 
 bench: venv
-	$(PY) -m edge.bench
+	$(VENV)/bin/lanecount-train synth-video --out bench-out/video --seconds 20 --seed 5
+	$(PY) -m edge.bench --video bench-out/video/video.mp4
 
 demo: venv
-	$(PY) -m edge.demo
+	$(VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
+	$(PY) -m edge.demo --video demo-out/video --out demo-out
 
 demo-model: venv
 	$(PY) -m train.demo_model

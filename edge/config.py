@@ -223,6 +223,7 @@ class OutputConfig(_Model):
     video: str | None = Field(None, description="write an annotated MP4 here")
     frames_dir: str | None = Field(None, description="write annotated JPEG frames here")
     every_n: int = Field(1, ge=1, description="annotate every n-th frame")
+    tracks: str | None = Field(None, description="write confirmed tracks here (MOTChallenge format, for `stats`)")
 
 
 class EdgeConfig(_Model):

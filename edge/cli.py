@@ -1,0 +1,136 @@
+"""``lanecount-edge``: run the daemon, check a config, replay detections offline, print tracking stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge import __version__
+from edge.errors import ConfigError, LanecountError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="lanecount edge daemon: camera → detector → tracking → line counts → MQTT.",
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
+
+
+def _setup_logging(level: str) -> None:
+    """Journal under systemd (structured fields), stderr otherwise."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    handler: logging.Handler | None = None
+    if os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"):
+        try:
+            from systemd.journal import JournalHandler
+
+            handler = JournalHandler(SYSLOG_IDENTIFIER="lanecount-edge")
+        except ImportError:
+            handler = None
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers[:] = [handler]
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    counts_out: Annotated[
+        Path | None, typer.Option(help="write this run's final counts here (JSON, replay's counts.json shape)")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="override the config's log_level")] = None,
+) -> None:
+    """Run the daemon until the source ends (a file without loop) or SIGTERM."""
+    from edge.daemon import Daemon
+
+    daemon = Daemon(config, counts_out=counts_out)
+    _setup_logging(log_level or daemon.cfg.log_level)
+    raise typer.Exit(daemon.run())
+
+
+@app.command("check-config")
+def check_config(
+    path: Annotated[Path, typer.Argument(help="YAML config file")],
+    replay_only: Annotated[bool, typer.Option("--replay", help="check only what replay needs")] = False,
+) -> None:
+    """Validate a config file; prints every problem as file:line: field: message."""
+    from edge.config import load_config, require_for_run
+
+    cfg = load_config(path)
+    if not replay_only:
+        require_for_run(cfg, str(path))
+    lines = ", ".join(line.name for line in cfg.counting.lines) or "none"
+    typer.echo(f"{path}: ok (site {cfg.site}, device {cfg.device}, lines: {lines})")
+
+
+@app.command()
+def replay(
+    config: ConfigOpt,
+    detections: Annotated[Path, typer.Option(help="MOTChallenge detections: frame,-1,l,t,w,h,conf[,class]")],
+    out: Annotated[Path, typer.Option(help="output folder for tracks.txt and counts.json")],
+    fps: Annotated[float, typer.Option(help="frame rate of the recording the detections come from")] = 30.0,
+) -> None:
+    """Run the tracker and counter on a detections file instead of a camera."""
+    from edge.config import load_config
+    from edge.replay import replay as run_replay
+
+    counts = run_replay(load_config(config), detections, out, fps=fps)
+    typer.echo(json.dumps(counts, indent=2, sort_keys=True))
+    typer.echo(f"wrote {out / 'tracks.txt'} and {out / 'counts.json'}", err=True)
+
+
+@app.command()
+def stats(
+    tracks: Annotated[Path, typer.Argument(help="tracks.txt of a run or replay, or the folder holding it")],
+    fps: Annotated[float, typer.Option(help="frame rate, to turn frames into seconds")] = 30.0,
+    names: Annotated[str | None, typer.Option(help="comma-separated class names for class ids")] = None,
+) -> None:
+    """Tracking analysis: tracks per class, durations, frame ranges, short and long tracks."""
+    from edge.stats import format_stats, track_stats
+
+    path = tracks / "tracks.txt" if tracks.is_dir() else tracks
+    class_names = tuple(names.split(",")) if names else None
+    typer.echo(format_stats(track_stats(path, fps=fps, names=class_names)))
+
+
+@app.command()
+def version() -> None:
+    """Print the lanecount version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+    except LanecountError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

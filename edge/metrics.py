@@ -1,0 +1,45 @@
+"""Prometheus metrics: fps, per-stage latency, counts, outbox depth, source reconnects.
+
+A private registry (not the global one) so several pipelines in one process (tests) do not clash.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Metrics", "STAGES"]
+
+STAGES = ("decode", "preprocess", "inference", "postprocess", "tracking", "counting", "publishing")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    """The daemon's metrics; ``serve(port)`` exposes them over HTTP."""
+
+    def __init__(self) -> None:
+        """Create the metric families in a fresh registry."""
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.fps = Gauge("lanecount_fps", "Frames processed per second (recent)", registry=r)
+        self.frames = Counter("lanecount_frames", "Frames processed", registry=r)
+        self.stage = Histogram(
+            "lanecount_stage_seconds", "Per-stage latency", ["stage"], buckets=_BUCKETS, registry=r
+        )
+        self.crossings = Counter(
+            "lanecount_crossings", "Line crossings", ["line", "product", "direction"], registry=r
+        )
+        self.tracks = Gauge("lanecount_active_tracks", "Tracks alive now", registry=r)
+        self.outbox_depth = Gauge("lanecount_outbox_depth", "Messages waiting for a broker ack", registry=r)
+        self.outbox_dropped = Gauge("lanecount_outbox_dropped", "Messages dropped by the outbox bound", registry=r)
+        self.mqtt_connected = Gauge("lanecount_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.source_reconnects = Gauge("lanecount_source_reconnects", "Times the source was reopened", registry=r)
+        self.alerts = Gauge("lanecount_alerts_active", "Restock alerts raised now", registry=r)
+
+    def observe_stages(self, timings_ms: dict[str, float]) -> None:
+        """Record one frame's stage timings (milliseconds)."""
+        for name, ms in timings_ms.items():
+            self.stage.labels(name).observe(ms / 1000)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``port`` from a daemon thread."""
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,112 @@
+"""Config validation: typed models, unknown keys rejected, errors that name the field and its line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from edge.config import EdgeConfig, load_config, parse_config, require_for_run
+from edge.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "edge" / "config.example.yaml"
+UNIT = ROOT / "edge" / "systemd" / "lanecount-edge.service"
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "edge.yaml")
+    return err.value.problems
+
+
+def test_example_is_valid_and_runnable() -> None:
+    cfg = load_config(EXAMPLE)
+    require_for_run(cfg, str(EXAMPLE))
+    assert cfg.counting.lines[0].name == "lane"
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> set[str]:
+    out = set()
+    for name, info in model.model_fields.items():
+        out.add(name)
+        ann = info.annotation
+        for sub in getattr(ann, "__args__", ()) + (ann,):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                out |= _fields(sub)
+            for inner in getattr(sub, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    out |= _fields(inner)
+    return out
+
+
+def test_example_documents_every_option() -> None:
+    text = EXAMPLE.read_text()
+    missing = sorted(f for f in _fields(EdgeConfig) if f"{f}:" not in text)
+    assert not missing, f"options missing from config.example.yaml: {missing}"
+
+
+def test_unknown_key_is_rejected_with_its_line() -> None:
+    problems = _problems("site: s1\ncounting:\n  lines: []\n  hysteresis: 4\n")
+    assert problems == ["edge.yaml:4: counting.hysteresis: Extra inputs are not permitted"]
+
+
+def test_wrong_type_names_field_and_line() -> None:
+    problems = _problems("tracking:\n  hit_counter_max: many\n")
+    assert len(problems) == 1 and problems[0].startswith("edge.yaml:2: tracking.hit_counter_max:")
+
+
+def test_nested_list_error_points_at_the_line_entry() -> None:
+    text = "counting:\n  lines:\n    - name: a\n      start: [0, 0]\n      end: [0, 0]\n"
+    (problem,) = _problems(text)
+    assert problem.startswith("edge.yaml:") and "start and end are the same point" in problem
+
+
+def test_every_problem_is_reported_not_only_the_first() -> None:
+    problems = _problems("site: 'bad site'\nbackend:\n  conf: 2\n")
+    assert len(problems) == 2
+    assert any(p.startswith("edge.yaml:1: site:") for p in problems)
+    assert any(p.startswith("edge.yaml:3: backend.conf:") for p in problems)
+
+
+def test_broken_yaml_gives_a_line() -> None:
+    (problem,) = _problems("site: [unclosed\n")
+    assert problem.startswith("edge.yaml:") and "not valid YAML" in problem
+
+
+def test_replay_needs_only_counting() -> None:
+    cfg = parse_config("counting: {lines: [{name: lane, start: [320, 0], end: [320, 480]}]}")
+    assert cfg.tracking.distance == "iou" and cfg.model is None
+    with pytest.raises(ConfigError, match="model: required for run"):
+        require_for_run(cfg, "edge.yaml")
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mqtt:\n  port: 0\n")
+    run = [sys.executable, "-m", "edge.cli", "check-config"]
+    res = subprocess.run([*run, str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"error: {bad}:2: mqtt.port: Input should be greater than or equal to 1"]
+    assert "Traceback" not in res.stderr
+    ok = subprocess.run([*run, str(EXAMPLE)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    missing = subprocess.run([*run, str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "cannot read config" in missing.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=", "User=lanecount"):
+        assert key in text
+    # verify checks that ExecStart exists: point it at this interpreter for the check only.
+    unit = tmp_path / UNIT.name
+    unit.write_text(text.replace("/opt/lanecount/venv/bin/lanecount-edge", sys.executable))
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "lanecount-edge.service" not in res.stderr, res.stderr
