@@ -76,26 +76,33 @@ def _check_data(data: Path) -> None:
         raise TrainError(f"{data}: dataset file not found")
     if data.is_dir():
         raise TrainError(f"{data}: expected a data.yaml file, got a folder (try {data / 'data.yaml'})")
+    from train.dataset import validate_yaml
+
+    problems = validate_yaml(data)  # one line naming the yaml line beats Ultralytics' traceback
+    if problems:
+        raise TrainError(f"{data.parent / problems[0]}")
 
 
 def fit(data: Path, opts: FitOptions, resume: Path | None = None) -> FitResult:
     """Train (or resume from ``resume``, a ``last.pt``) and return where best.pt is."""
+    if resume is not None and not resume.exists():
+        raise TrainError(f"{resume}: checkpoint to resume not found")
+    if resume is None:
+        _check_data(data)  # before the slow import, so a typo fails at once
+        _check_model(opts.model)
     from ultralytics import YOLO
 
     if resume is not None:
-        if not resume.exists():
-            raise TrainError(f"{resume}: checkpoint to resume not found")
         model = YOLO(str(resume))
         results = model.train(resume=True)
     else:
-        _check_data(data)
-        _check_model(opts.model)
         model = YOLO(opts.model)
         plots = (not offline()) if opts.plots is None else opts.plots
         args = {k: v for k, v in asdict(opts).items() if k not in ("model", "extra", "plots")}
         args = {k: v for k, v in args.items() if v is not None}
         results = model.train(data=str(data), plots=plots, verbose=False, **args, **opts.extra)
-    save_dir = Path(model.trainer.save_dir)
+    trainer: Any = model.trainer  # set by train(); Ultralytics types it Optional
+    save_dir = Path(trainer.save_dir)
     metrics = {k: float(v) for k, v in (getattr(results, "results_dict", None) or {}).items()}
     result = FitResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt", metrics)
     (save_dir / "fit.json").write_text(
