@@ -19,5 +19,36 @@ DEMO_ONNX = ROOT / "edge" / "models" / "demo.onnx"
 def demo_model() -> Path:
     """The committed demo detector (ONNX); its JSON sits next to it."""
     if not DEMO_ONNX.exists():
-        pytest.fail(f"{DEMO_ONNX} is missing: it is committed with the repository (make demo-model rebuilds it)")
+        pytest.fail(
+            f"{DEMO_ONNX} is missing: it is committed with the repository (make demo-model rebuilds it)"
+        )
     return DEMO_ONNX
+
+
+# --- MQTT: a real Mosquitto broker per test (tests/broker.py) ----------------------------------------
+
+
+def _broker(persistence: bool):
+    from broker import Broker, mosquitto_binary
+
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.skip("mosquitto is not installed (make system-deps installs it)")
+    broker = Broker(binary, persistence=persistence)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def mosquitto():
+    """A Mosquitto on a free 127.0.0.1 port: ``.host``, ``.port``, ``.stop()``, ``.start()`` (same port)."""
+    yield from _broker(persistence=False)
+
+
+@pytest.fixture
+def mosquitto_persistent():
+    """Like ``mosquitto``, but sessions survive ``stop()``/``start()`` (for outage tests)."""
+    yield from _broker(persistence=True)

@@ -1,0 +1,147 @@
+"""Inbound MQTT commands (``{prefix}/{site}/{device}/cmd/<name>``), validated before anything acts on them.
+
+The command name comes from the topic; the payload is a JSON object, ``{}`` when there are no fields.
+An empty payload is refused: it is how MQTT clears a retained message, not a request to act.
+
+=============  ======================================  ==========================================
+name           payload                                 effect (carried out by the daemon)
+=============  ======================================  ==========================================
+``reset``      ``{"line"?: str}``                      zero the counts of one line, or all
+``restocked``  ``{"product": str, "stock"?: int}``     reset a depletion estimate, clear its alert
+``reload``     ``{}``                                  reload the configuration
+=============  ======================================  ==========================================
+
+Every payload may carry an ``id`` (string) that is echoed in the reply on ``cmd/result``
+(:func:`result_payload`). Anything else is refused with a one-line :class:`CommandError`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.errors import CommandError
+
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "ReloadCommand",
+    "ResetCommand",
+    "RestockedCommand",
+    "command_id",
+    "parse_command",
+    "result_payload",
+]
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    id: str | None = Field(None, max_length=128, description="echoed in the reply")
+
+
+class ResetCommand(_Command):
+    """Zero the counts of ``line``, or of every line."""
+
+    command: Literal["reset"] = "reset"
+    line: str | None = Field(None, min_length=1)
+
+
+class RestockedCommand(_Command):
+    """The shelf of ``product`` was refilled (to ``stock`` units, default: the configured stock)."""
+
+    command: Literal["restocked"] = "restocked"
+    product: str = Field(min_length=1)
+    stock: int | None = Field(None, ge=0)
+
+
+class ReloadCommand(_Command):
+    """Reload the configuration."""
+
+    command: Literal["reload"] = "reload"
+
+
+Command = ResetCommand | RestockedCommand | ReloadCommand
+COMMANDS: dict[str, type[_Command]] = {
+    "reset": ResetCommand,
+    "restocked": RestockedCommand,
+    "reload": ReloadCommand,
+}
+
+
+def _decode(name: str, payload: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(payload) > max_bytes:
+        raise CommandError(
+            f"command {name!r}: payload of {len(payload)} bytes exceeds the {max_bytes}-byte limit"
+        )
+    if not payload.strip():
+        raise CommandError(f"command {name!r}: empty payload; send {{}} for a command without fields")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"command {name!r}: payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"command {name!r}: payload must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_command(name: str, payload: bytes, max_bytes: int = 4096) -> Command:
+    """Validate one inbound command.
+
+    Args:
+        name: the last topic level (``reset``, ``restocked``, ``reload``).
+        payload: the raw MQTT payload; checked against ``max_bytes`` before it is parsed.
+        max_bytes: largest payload accepted.
+
+    Returns:
+        The typed command.
+
+    Raises:
+        CommandError: one line naming the command and the problem.
+
+    Example:
+        >>> parse_command("restocked", b'{"product": "milk", "id": "a1"}').product
+        'milk'
+    """
+    model = COMMANDS.get(name)
+    if model is None:
+        raise CommandError(f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}")
+    data = _decode(name, payload, max_bytes)
+    if "command" in data:
+        raise CommandError(f"command {name!r}: command: the name comes from the topic, not the payload")
+    try:
+        return model.model_validate(data)  # type: ignore[return-value]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(payload)"
+            problems.append(f"{field}: {err['msg']}")
+        raise CommandError(f"command {name!r}: {'; '.join(problems)}") from None
+
+
+def command_id(payload: bytes, max_bytes: int = 4096) -> str | None:
+    """Best-effort ``id`` of a payload that failed validation, so its error reply can still echo it."""
+    if len(payload) > max_bytes:
+        return None
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and len(value) <= 128 else None
+
+
+def result_payload(
+    command: str, ok: bool, message: str, id: str | None = None, timestamp: float | None = None
+) -> dict[str, Any]:
+    """The reply published on ``cmd/result`` (see ``edge/schemas/command_result.json``)."""
+    return {
+        "id": id,
+        "command": command,
+        "ok": ok,
+        "message": message,
+        "timestamp": time.time() if timestamp is None else timestamp,
+    }

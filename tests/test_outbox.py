@@ -1,0 +1,73 @@
+"""The durable outbox: order, ack, bound and drop counter, sequence continuity across reopen (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+from edge.outbox import Outbox
+
+
+def test_pending_is_oldest_first_and_ack_removes(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=100)
+    seqs = [box.put(f"t/{i}", {"i": i}) for i in range(5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert [m.topic for m in box.pending(10)] == [f"t/{i}" for i in range(5)]
+    box.ack(seqs[1], seqs[3])
+    assert [m.seq for m in box.pending(10)] == [seqs[0], seqs[2], seqs[4]]
+    assert box.depth() == 3
+    assert [m.seq for m in box.pending(10, after=seqs[2])] == [seqs[4]]
+    assert [m.seq for m in box.pending(1)] == [seqs[0]]
+    box.ack(12345)  # unknown: ignored
+    assert box.depth() == 3
+
+
+def test_payload_carries_its_seq_and_is_stored_verbatim(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_messages=10)
+    seq = box.put("a/b", {"timestamp": 12.5, "x": [1, 2]}, qos=1, retain=True)
+    (msg,) = box.pending(5)
+    assert json.loads(msg.payload) == {"timestamp": 12.5, "x": [1, 2], "seq": seq}
+    assert msg.retain is True and msg.qos == 1
+    again = box.pending(5)[0]
+    assert again.payload == msg.payload  # a resend is byte-identical
+
+
+def test_bound_drops_oldest_logs_and_counts(tmp_path, caplog):
+    drops: list[int] = []
+    box = Outbox(tmp_path / "o.db", max_messages=3, on_drop=drops.append)
+    with caplog.at_level(logging.WARNING, logger="edge.outbox"):
+        seqs = [box.put("t", {"i": i}) for i in range(5)]
+    assert box.depth() == 3
+    assert [m.seq for m in box.pending(10)] == seqs[2:]
+    assert box.dropped == 2 and drops == [1, 1]
+    assert "dropped the 1 oldest" in caplog.text
+
+
+def test_sequence_continues_after_reopen_even_when_empty(tmp_path):
+    path = tmp_path / "o.db"
+    with Outbox(path, max_messages=10) as box:
+        last = [box.put("t", {}) for _ in range(4)][-1]
+        box.ack(*range(1, last + 1))
+        assert box.depth() == 0
+    with Outbox(path, max_messages=10) as box:
+        assert box.last_seq() == last
+        assert box.put("t", {}) == last + 1
+
+
+def test_messages_survive_sigkill(tmp_path):
+    path = tmp_path / "o.db"
+    code = (
+        "import os, signal, sys\n"
+        "from edge.outbox import Outbox\n"
+        f"box = Outbox({str(path)!r}, max_messages=100)\n"
+        "for i in range(7): box.put('t', {'i': i})\n"
+        "box.ack(1)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert proc.returncode == -9, proc.stderr.decode()
+    with Outbox(path, max_messages=100) as box:
+        assert [json.loads(m.payload)["i"] for m in box.pending(100)] == [1, 2, 3, 4, 5, 6]
+        assert box.put("t", {}) == 8
