@@ -95,11 +95,11 @@ def stats(
     names: Annotated[str | None, typer.Option(help="comma-separated class names for class ids")] = None,
 ) -> None:
     """Tracking analysis: tracks per class, durations, frame ranges, short and long tracks."""
-    from edge.stats import format_stats, track_stats
+    from edge.stats import format_stats, load_track_stats
 
     path = tracks / "tracks.txt" if tracks.is_dir() else tracks
-    class_names = tuple(names.split(",")) if names else None
-    typer.echo(format_stats(track_stats(path, fps=fps, names=class_names)))
+    class_names = tuple(names.split(",")) if names else ()
+    typer.echo(format_stats(load_track_stats(path, fps=fps), class_names))
 
 
 @app.command()

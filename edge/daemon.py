@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -22,22 +24,24 @@ from edge.alerts import Alert, AlertEngine
 from edge.annotate import Annotator, draw
 from edge.backends import create_detector
 from edge.backends.base import Detector
-from edge.commands import Command
+from edge.commands import Command, ResetCommand, RestockedCommand
 from edge.config import EdgeConfig, load_config, require_for_run
 from edge.counting import Crossing, LineCounter
 from edge.errors import InferenceError, LanecountError
 from edge.metrics import Metrics
 from edge.model import ModelInfo, load_model_info
-from edge.mqtt import Publisher
+from edge.mot import TrackWriter
+from edge.mqtt import Publisher, crossing_message
 from edge.notify import Notifier
 from edge.outbox import Outbox
+from edge.replay import counts_document
 from edge.sources import Frame, Source, open_source
 from edge.store import CountStore
 from edge.tracking import ProductTracker
 
 log = logging.getLogger("lanecount")
 
-__all__ = ["Daemon", "Pipeline", "FrameResult", "class_keyed"]
+__all__ = ["Daemon", "FrameResult", "Pipeline"]
 
 
 @dataclass
@@ -73,20 +77,6 @@ class Pipeline:
         timings["tracking"] = (t1 - t0) * 1000
         timings["counting"] = (t2 - t1) * 1000
         return FrameResult(tracked, crossings, timings)
-
-
-def class_keyed(totals: dict[str, dict[str, dict[Any, int]]], names: tuple[str, ...]) -> dict[str, Any]:
-    """Counter totals keyed by class id → the ``{"lines": {line: {dir: {class name: n}}}}`` shape."""
-
-    def name(c: Any) -> str:
-        return names[int(c)] if isinstance(c, (int, np.integer)) and 0 <= int(c) < len(names) else str(c)
-
-    return {
-        "lines": {
-            line: {d: {name(c): int(n) for c, n in by_dir.get(d, {}).items()} for d in ("in", "out")}
-            for line, by_dir in totals.items()
-        }
-    }
 
 
 class _Signals:
@@ -126,7 +116,7 @@ class Daemon:
         self.frames = 0
         self.source: Source | None = None
         self.publisher: Publisher | None = None
-        self._pending_commands: list[Command] = []
+        self._commands: queue.Queue[tuple[Command, Future[str]]] = queue.Queue()
 
     # --- start-up ------------------------------------------------------------------------------------
 
@@ -161,9 +151,14 @@ class Daemon:
     # --- MQTT callbacks (network thread) -------------------------------------------------------------
 
     def _on_command(self, cmd: Command) -> str:
-        """Queue a command for the frame loop; state is only touched from that thread."""
-        self._pending_commands.append(cmd)
-        return "accepted"
+        """Hand a command to the frame loop (state is only touched there) and wait for its result.
+
+        The loop polls between frames and at least once a second even without frames, so the wait is
+        short; a LanecountError raised by the command becomes an ``ok: false`` reply.
+        """
+        done: Future[str] = Future()
+        self._commands.put((cmd, done))
+        return done.result(timeout=10.0)
 
     def _status_payload(self) -> dict[str, Any]:
         return {
@@ -187,6 +182,8 @@ class Daemon:
         assert self.cfg.source is not None
         self.source = open_source(self.cfg.source)
         self.annotator = Annotator(self.cfg.output, self.source.fps or 15.0)
+        self._tracks_file = open(self.cfg.output.tracks, "w") if self.cfg.output.tracks else None  # noqa: SIM115
+        self._tracks = TrackWriter(self._tracks_file) if self._tracks_file else None
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port)
         self._start_publisher()
@@ -246,7 +243,7 @@ class Daemon:
         self.frames += 1
         t0 = time.perf_counter()
         if result.crossings:
-            self.store.add(result.crossings)
+            self.store.add(result.crossings, self.model.names)
             for c in result.crossings:
                 self._publish_crossing(c)
             self._publish_alerts(self.alerts.on_crossings(result.crossings))
@@ -256,8 +253,10 @@ class Daemon:
         self.metrics.observe_stages(result.timings)
         self.metrics.frames.inc()
         self.metrics.tracks.set(len(result.tracked))
+        if self._tracks is not None:
+            self._tracks.write(frame.index + 1, result.tracked)  # MOT frames count from 1
         if self.annotator.wants():
-            totals = class_keyed(self.pipeline.counter.totals, self.model.names)["lines"]
+            totals = counts_document(self.pipeline.counter.totals, list(self.model.names))["lines"]
             image = draw(frame.image, result.tracked, self.model.names, self.cfg.counting.lines, totals)
             self.annotator.write(image, frame.index)
         elif self.annotator.enabled:
@@ -272,37 +271,16 @@ class Daemon:
             self.publisher.publish(kind, payload, retain=retain)
 
     def _publish_crossing(self, c: Crossing) -> None:
-        product = self._name(int(c.class_id))
-        self.metrics.crossings.labels(c.line, product, c.direction).inc()
-        self._publish(
-            "events/crossing",
-            {
-                "timestamp": time.time(),
-                "frame": int(c.frame),
-                "track_id": int(c.track_id),
-                "class": product,
-                "line": c.line,
-                "direction": c.direction,
-            },
-        )
+        self.metrics.crossings.labels(c.line, self._name(int(c.class_id)), c.direction).inc()
+        self._publish("events/crossing", crossing_message(c, self.model.names))
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             log.warning("restock alert: %s", alert)
-            self._publish("alerts/restock", alert.to_payload(), retain=True)
+            self._publish(alert.topic_kind, alert.to_payload(), retain=alert.retain)
 
     def _publish_counts(self) -> None:
-        interval = self.store.take_interval()
-        self._publish(
-            "counts",
-            {
-                "timestamp": time.time(),
-                "period_start": interval.start,
-                "period_end": interval.end,
-                "cumulative": self.store.totals(),
-                "interval": interval.counts,
-            },
-        )
+        self._publish("counts", self.store.counts_message())
         self.metrics.outbox_depth.set(self.outbox.depth())
         self.metrics.outbox_dropped.set(self.outbox.dropped)
 
@@ -320,27 +298,22 @@ class Daemon:
     # --- commands, reload, shutdown --------------------------------------------------------------------
 
     def _run_commands(self) -> None:
-        while self._pending_commands:
-            cmd = self._pending_commands.pop(0)
+        while not self._commands.empty():
+            cmd, done = self._commands.get_nowait()
             try:
-                message = self._execute(cmd)
-                ok = True
+                done.set_result(self._execute(cmd))
             except LanecountError as exc:
-                message, ok = str(exc), False
-            if self.publisher is not None:
-                self.publisher.reply(cmd, ok, message)
+                done.set_exception(exc)
 
     def _execute(self, cmd: Command) -> str:
-        if cmd.command == "reset":
-            self.store.reset(cmd.line)
-            return f"counts reset ({cmd.line or 'all lines'})"
-        if cmd.command == "restocked":
+        if isinstance(cmd, ResetCommand):
+            n = self.store.reset(cmd.line)
+            return f"counts reset ({cmd.line or 'all lines'}, {n} counters)"
+        if isinstance(cmd, RestockedCommand):
             self._publish_alerts(self.alerts.restocked(cmd.product, cmd.stock))
             return f"{cmd.product} restocked"
-        if cmd.command == "reload":
-            self.signals.reload = True
-            return "reload scheduled"
-        raise LanecountError(f"unknown command {cmd.command!r}")
+        self.signals.reload = True
+        return "reload scheduled"
 
     def _reload(self) -> None:
         """SIGHUP: re-read config and model; keep the running ones when the new ones are bad."""
@@ -365,8 +338,10 @@ class Daemon:
         if self.source is not None:
             self.source.close()
         self.annotator.close()
+        if self._tracks_file is not None:
+            self._tracks_file.close()
         if self.counts_out is not None:
-            counts = class_keyed(self.pipeline.counter.totals, self.model.names)
+            counts = counts_document(self.pipeline.counter.totals, list(self.model.names))
             self.counts_out.parent.mkdir(parents=True, exist_ok=True)
             self.counts_out.write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
         if self.publisher is not None:

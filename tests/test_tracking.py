@@ -1,0 +1,178 @@
+"""ProductTracker: confirmed-only output, stable ids, class voting, bad boxes, bounded state.
+
+Everything runs the real Norfair tracker; ``test_lean_objects_match_stock_norfair`` compares our
+streamlined Norfair objects (see ``edge/tracking.py``) with stock Norfair frame by frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import norfair
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from edge.config import TrackingConfig
+from edge.detections import Detections
+from edge.tracking import ProductTracker
+
+
+def boxes(xyxy: npt.ArrayLike, classes: Sequence[int] | None = None) -> Detections:
+    arr = np.asarray(xyxy, np.float32).reshape(-1, 4)
+    cls = np.zeros(len(arr), np.int64) if classes is None else np.asarray(classes)
+    return Detections(arr, np.full(len(arr), 0.8), cls)
+
+
+def moving(
+    n_frames: int, starts: Sequence[tuple[float, float]], speed: float = 7.0, size: float = 40.0
+) -> list[Detections]:
+    """Boxes moving right at ``speed`` px per frame from each start (x, y)."""
+    out = []
+    for f in range(n_frames):
+        out.append(boxes([[x + f * speed, y, x + f * speed + size, y + size] for x, y in starts]))
+    return out
+
+
+def test_only_confirmed_tracks_are_returned() -> None:
+    tracker = ProductTracker(TrackingConfig(initialization_delay=2))
+    frames = moving(5, [(0, 0)])
+    sizes = [len(tracker.update(d, f)) for f, d in enumerate(frames)]
+    assert sizes == [0, 0, 1, 1, 1]  # Norfair confirms when hits exceed the delay: the third detection
+    assert tracker.alive_ids() == {1}
+
+
+def test_a_single_spurious_detection_never_appears() -> None:
+    tracker = ProductTracker(TrackingConfig(initialization_delay=2))
+    outputs = [
+        tracker.update(boxes([[300, 300, 340, 340]]) if f == 3 else Detections.empty(), f) for f in range(10)
+    ]
+    assert all(len(o) == 0 for o in outputs)
+    assert tracker.alive_ids() == set()
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        pytest.param(TrackingConfig(distance="iou", distance_threshold=0.8), id="iou"),
+        pytest.param(TrackingConfig(distance="euclidean", distance_threshold=30), id="euclidean"),
+    ],
+)
+def test_ids_are_stable_on_moving_boxes(cfg: TrackingConfig) -> None:
+    tracker = ProductTracker(cfg)
+    starts = [(0, 0), (0, 100), (60, 200)]
+    seen: dict[int, set[int]] = {}  # input row → ids it got
+    for f, dets in enumerate(moving(60, starts)):
+        out = tracker.update(dets, f)
+        assert out.tracker_id is not None
+        for row_box, tid in zip(out.xyxy, out.tracker_id.tolist(), strict=True):
+            row = int(np.argmin(np.abs(dets.xyxy - row_box).sum(axis=1)))
+            seen.setdefault(row, set()).add(tid)
+    assert sorted(len(ids) for ids in seen.values()) == [1, 1, 1]
+    assert len(set().union(*seen.values())) == 3
+
+
+def test_output_boxes_are_the_matched_detections() -> None:
+    tracker = ProductTracker(TrackingConfig())
+    rng = np.random.default_rng(1)
+    for f, dets in enumerate(moving(20, [(0, 0), (0, 120)])):
+        jittered = Detections(dets.xyxy + rng.normal(0, 1.5, dets.xyxy.shape), dets.confidence, dets.class_id)
+        out = tracker.update(jittered, f)
+        for box in out.xyxy:
+            assert np.any(np.all(jittered.xyxy == box, axis=1))
+
+
+def test_coasting_track_is_absent_then_returns_with_its_id() -> None:
+    tracker = ProductTracker(TrackingConfig())
+    frames = moving(30, [(0, 0)])
+    ids = []
+    for f, dets in enumerate(frames):
+        out = tracker.update(Detections.empty() if 10 <= f < 16 else dets, f)
+        ids.append(out.tracker_id.tolist() if out.tracker_id is not None else [])
+    assert all(ids[f] == [] for f in range(10, 16))
+    assert {tuple(i) for i in ids[2:10] + ids[16:]} == {(1,)}
+
+
+@pytest.mark.parametrize(
+    ("classes", "window", "expected"),
+    [
+        pytest.param([1, 1, 1, 2, 1, 1], 30, [1, 1, 1, 1], id="one-frame-flicker"),
+        pytest.param(
+            [1, 1, 1, 1, 1, 2, 2, 2, 2], 5, [1, 1, 1, 1, 1, 2, 2], id="lasting-change-wins-in-window"
+        ),
+        pytest.param([3, 4, 3, 4, 4, 3], 30, [3, 3, 4, 4], id="ties-keep-the-earlier-winner"),
+    ],
+)
+def test_class_is_the_majority_vote(classes: list[int], window: int, expected: list[int]) -> None:
+    tracker = ProductTracker(TrackingConfig(class_vote_window=window))
+    got = []
+    for f, (dets, cls) in enumerate(zip(moving(len(classes), [(0, 0)]), classes, strict=True)):
+        out = tracker.update(boxes(dets.xyxy, [cls]), f)
+        got += out.class_id.tolist()
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param([np.nan, 0, 10, 10], id="nan"),
+        pytest.param([0, 0, np.inf, 10], id="inf"),
+        pytest.param([5, 5, 5, 20], id="zero-width"),
+        pytest.param([10, 10, 0, 0], id="inverted"),
+    ],
+)
+def test_bad_boxes_are_dropped_without_breaking_tracks(bad: list[float]) -> None:
+    tracker = ProductTracker(TrackingConfig())
+    for f, dets in enumerate(moving(12, [(0, 0)])):
+        mixed = boxes(np.vstack([dets.xyxy, [bad]]), [0, 0])
+        out = tracker.update(mixed, f)
+    assert out.tracker_id is not None and out.tracker_id.tolist() == [1]
+    assert np.isfinite(out.xyxy).all()
+
+
+def test_state_is_pruned_when_tracks_die() -> None:
+    cfg = TrackingConfig(hit_counter_max=5, initialization_delay=1)
+    tracker = ProductTracker(cfg)
+    sizes = []
+    for k in range(300):  # a new product every 4 frames, each seen 4 frames, at a new place
+        x, y = (k * 53) % 900, (k * 97) % 700
+        for step in range(4):
+            tracker.update(boxes([[x + step, y, x + step + 30, y + 30]]), k * 4 + step)
+        sizes.append(tracker.state_size)
+    # A product lives 4 frames plus ~hit_counter_max frames of coasting: about 3 at a time, each with
+    # one Norfair object and one class vote.
+    assert max(sizes) <= 10
+    assert len(tracker.alive_ids()) <= 3
+    for f in range(1200, 1220):
+        tracker.update(Detections.empty(), f)
+    assert tracker.alive_ids() == set()
+    assert tracker.state_size == 0
+
+
+def test_lean_objects_match_stock_norfair() -> None:
+    """Same ids and Kalman estimates as stock Norfair (stock filter, stock hit, stock IoU distance)."""
+    cfg = TrackingConfig()
+    ours = ProductTracker(cfg)
+    stock = norfair.Tracker(
+        distance_function="iou",
+        distance_threshold=cfg.distance_threshold,
+        hit_counter_max=cfg.hit_counter_max,
+        initialization_delay=cfg.initialization_delay,
+        past_detections_length=cfg.past_detections_length,
+    )
+    rng = np.random.default_rng(7)
+    for f in range(150):
+        starts = [(-40 + 9 * ((f + 13 * i) % 90), 60 * i) for i in range(6)]
+        xy = np.array(starts, np.float64) + rng.normal(0, 1.0, (6, 2))
+        xy = xy[rng.random(6) > 0.1]  # some missed detections
+        dets = boxes(np.hstack([xy, xy + rng.uniform(35, 45, (len(xy), 2))]))
+        out = ours.update(dets, f)
+        stock_objs = stock.update(
+            [norfair.Detection(b.reshape(2, 2).astype(np.float64)) for b in dets.xyxy] or None
+        )
+        ours_objs = sorted(ours._tracker.get_active_objects(), key=lambda o: o.id or 0)
+        stock_objs = sorted(stock_objs, key=lambda o: o.id or 0)
+        assert [o.id for o in ours_objs] == [o.id for o in stock_objs], f"frame {f}"
+        for a, b in zip(ours_objs, stock_objs, strict=True):
+            np.testing.assert_allclose(a.estimate, b.estimate, rtol=1e-5, atol=1e-3, err_msg=f"frame {f}")
+        assert out.tracker_id is not None and set(out.tracker_id.tolist()) <= {o.id for o in ours_objs}
