@@ -1,0 +1,100 @@
+"""``lanecount-export``: turn trained weights into what the edge daemon loads.
+
+Today: ``onnx`` — a plain Ultralytics ONNX export plus the metadata JSON the daemon reads (class
+names, imgsz, version, sha256). Versioned, signed bundles and TensorRT engines come with the export
+issue; until then the JSON next to the ONNX file is the model's contract with ``edge/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.errors import LanecountError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+class ExportError(LanecountError):
+    """An export input is missing or unusable."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_onnx(weights: Path, out: Path, imgsz: int, version: str | None = None, opset: int = 12) -> Path:
+    """Export ``weights`` (.pt) to ``out`` (.onnx) and write ``out`` with .json beside it."""
+    if not weights.exists():
+        raise ExportError(f"{weights}: weights file not found")
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    onnx = Path(model.export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, dynamic=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if onnx.resolve() != out.resolve():
+        shutil.copyfile(onnx, out)
+    names = model.names
+    meta = {
+        "name": out.stem,
+        "version": version or time.strftime("%Y.%m.%d"),
+        "imgsz": imgsz,
+        "names": [names[i] for i in sorted(names)],
+        "source_weights": weights.name,
+        "sha256": _sha256(out),
+    }
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+@app.command()
+def onnx(
+    weights: Annotated[Path, typer.Argument(help="trained weights (.pt), e.g. runs/fit/train/weights/best.pt")],
+    out: Annotated[Path, typer.Option(help="output .onnx path; the .json goes beside it")] = Path("model.onnx"),
+    imgsz: Annotated[int, typer.Option(help="network input size")] = 640,
+    version: Annotated[str | None, typer.Option(help="model version (default: today's date)")] = None,
+) -> None:
+    """Export weights to ONNX plus the metadata JSON the edge daemon reads."""
+    path = export_onnx(weights, out, imgsz, version)
+    typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+@app.command()
+def version() -> None:
+    """Print the lanecount version."""
+    from edge import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except LanecountError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
