@@ -30,22 +30,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--work", type=Path, default=Path("runs/demo-model"))
     p.add_argument("--out", type=Path, default=MODELS)
+    p.add_argument("--device", default="cpu", help="cpu, or a CUDA device index such as 0")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers (and rendering processes)")
+    p.add_argument("--train-only", action="store_true", help="stop after training (export elsewhere)")
+    p.add_argument("--export-only", type=Path, default=None, help="skip training: evaluate and export these weights")
+    p.add_argument("--note", default="", help="how the weights were trained (kept in the JSON)")
     a = p.parse_args(argv)
-
     data_dir = a.work / "data"
     data_yaml = data_dir / "data.yaml"
     if not data_yaml.exists():
-        write_dataset(data_dir, a.images, a.seed, progress=True)
-    extra = {"time": a.hours} if a.hours > 0 else {}
+        write_dataset(data_dir, a.images, a.seed, progress=True, jobs=a.workers)
+    if a.export_only:
+        export(a.export_only, data_yaml, a, train_s=float("nan"))
+        return
+    extra: dict[str, object] = {"time": a.hours} if a.hours > 0 else {}
+    if a.device != "cpu":
+        extra["amp"] = False  # Ultralytics' AMP self-check downloads weights; offline it cannot
     opts = FitOptions(
         model="yolov8n.yaml",
         epochs=a.epochs,
         imgsz=a.imgsz,
-        batch=32,
+        batch=a.batch,
         patience=100,
         close_mosaic=5,
         seed=a.seed,
-        device="cpu",
+        device=a.device,
+        workers=a.workers,
         project=str(a.work.resolve()),
         name="fit",
         exist_ok=True,
@@ -53,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.time()
     result = fit(data_yaml, opts)
-    export(result.best, data_yaml, a, time.time() - started)
+    print(f"best weights: {result.best}")
+    if not a.train_only:
+        export(result.best, data_yaml, a, time.time() - started)
 
 
 def export(best: Path, data_yaml: Path, a: argparse.Namespace, train_s: float) -> None:
@@ -72,7 +85,8 @@ def export(best: Path, data_yaml: Path, a: argparse.Namespace, train_s: float) -
         "imgsz": a.imgsz,
         "names": list(CLASSES),
         "trained_on": {"generator": "lanecount-train synth", "images": a.images, "seed": a.seed},
-        "train_hours": round(train_s / 3600, 2),
+        "train_hours": None if train_s != train_s else round(train_s / 3600, 2),
+        "training": a.note or f"python -m train.demo_model --device {a.device} --images {a.images} --hours {a.hours}",
         "metrics_test": {
             "mAP50": round(float(m.box.map50), 4),
             "mAP50-95": round(float(m.box.map), 4),

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -126,7 +128,10 @@ def _printed_box(rng: Rng, w: int, h: int, body: np.ndarray, band: np.ndarray, t
     y0 = int(h * rng.uniform(0.35, 0.5))
     cv2.rectangle(bgr, (0, y0), (w, y0 + h // 4), band.tolist(), -1)
     scale = w / 150
-    cv2.putText(bgr, text, (int(w * 0.08), y0 + h // 6), cv2.FONT_HERSHEY_DUPLEX, scale, (255, 255, 255), 2)
+    # Text goes through a uint8 mask: OpenCV 5 refuses putText on float images.
+    ink = np.zeros((h, w), np.uint8)
+    cv2.putText(ink, text, (int(w * 0.08), y0 + h // 6), cv2.FONT_HERSHEY_DUPLEX, scale, 255, 2)
+    bgr[ink > 0] = 255
     cv2.rectangle(bgr, (0, 0), (w - 1, h - 1), (body * 0.5).tolist(), 2)
     return bgr
 
@@ -352,6 +357,18 @@ def _splits(n: int, fractions: tuple[float, float, float]) -> Iterator[str]:
         yield "train" if i < n_train else "val" if i < n_train + n_val else "test"
 
 
+def _render_one(args: tuple[Path, int, int, float, str]) -> list[int]:
+    """Render and write image ``i``; returns its class ids (for the instance counts)."""
+    out, seed, i, negatives, split = args
+    rng = np.random.default_rng([seed, i])
+    scene = render_scene(rng, negative=rng.random() < negatives)
+    stem = f"{split}_{i:05d}"
+    cv2.imwrite(str(out / "images" / split / f"{stem}.jpg"), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    lines = yolo_lines(scene.objects, WIDTH, HEIGHT)
+    (out / "labels" / split / f"{stem}.txt").write_text("".join(f"{ln}\n" for ln in lines))
+    return [p.class_id for p in scene.objects]
+
+
 def write_dataset(
     out: Path,
     images: int,
@@ -359,32 +376,29 @@ def write_dataset(
     negatives: float = 0.08,
     fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
     progress: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Write a YOLO-format dataset (images/, labels/, data.yaml with train/val/test) and return data.yaml.
 
     Image ``i`` is rendered from ``default_rng([seed, i])``, so any image can be reproduced alone and
-    the output does not depend on how many images are asked for.
+    the output does not depend on how many images are asked for, nor on ``jobs`` (processes).
     """
     out = Path(out)
     split_of = list(_splits(images, fractions))
     for split in ("train", "val", "test"):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-    iterator: Iterator[int] = iter(range(images))
-    if progress:
-        from tqdm import tqdm
-
-        iterator = iter(tqdm(range(images), desc="rendering", unit="img"))
+    work = [(out, seed, i, negatives, split_of[i]) for i in range(images)]
     counts = [0] * len(CLASSES)
-    for i in iterator:
-        rng = np.random.default_rng([seed, i])
-        scene = render_scene(rng, negative=rng.random() < negatives)
-        stem = f"{split_of[i]}_{i:05d}"
-        cv2.imwrite(str(out / "images" / split_of[i] / f"{stem}.jpg"), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        lines = yolo_lines(scene.objects, WIDTH, HEIGHT)
-        (out / "labels" / split_of[i] / f"{stem}.txt").write_text("".join(f"{ln}\n" for ln in lines))
-        for p in scene.objects:
-            counts[p.class_id] += 1
+    with _pool(jobs) as pool:
+        results: Iterator[list[int]] = pool.imap(_render_one, work, chunksize=8) if pool else map(_render_one, work)
+        if progress:
+            from tqdm import tqdm
+
+            results = iter(tqdm(results, total=images, desc="rendering", unit="img"))
+        for class_ids in results:
+            for c in class_ids:
+                counts[c] += 1
     data_yaml = out / "data.yaml"
     data = {
         "path": str(out.resolve()),
@@ -398,3 +412,15 @@ def write_dataset(
     meta = {"generator": "lanecount synth", "seed": seed, "images": images, "instances": dict(zip(CLASSES, counts))}
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
     return data_yaml
+
+
+@contextmanager
+def _pool(jobs: int) -> Iterator[Any]:
+    """A process pool when ``jobs`` > 1, else None (render in this process)."""
+    if jobs <= 1:
+        yield None
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        yield pool
