@@ -22,7 +22,7 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 def _color(key: int) -> tuple[int, int, int]:
     """A stable, distinct colour per track id (golden-ratio hue walk)."""
     hue = int((key * 0.618033988749895 % 1.0) * 180)
-    hsv = np.uint8([[[hue, 200, 255]]])
+    hsv = np.array([[[hue, 200, 255]]], dtype=np.uint8)
     b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
     return int(b), int(g), int(r)
 
@@ -44,7 +44,7 @@ def draw(
     """Return a copy of ``frame`` with tracks, lines and per-line in/out totals drawn."""
     img = frame.copy()
     ids = tracked.tracker_id if tracked.tracker_id is not None else np.full(len(tracked), -1)
-    for (x1, y1, x2, y2), cls, tid in zip(tracked.xyxy.astype(int), tracked.class_id, ids):
+    for (x1, y1, x2, y2), cls, tid in zip(tracked.xyxy.astype(int), tracked.class_id, ids, strict=True):
         color = _color(int(tid))
         cv2.rectangle(img, (x1, y1), (x2, y2), color, 2)
         name = names[cls] if 0 <= cls < len(names) else str(cls)
@@ -94,7 +94,7 @@ class Annotator:
         if self.cfg.video:
             if self._writer is None:
                 h, w = image.shape[:2]
-                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                fourcc = cv2.VideoWriter.fourcc(*"mp4v")
                 self._writer = cv2.VideoWriter(self.cfg.video, fourcc, self.fps / self.cfg.every_n, (w, h))
             self._writer.write(image)
         if self.cfg.frames_dir:

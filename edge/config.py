@@ -49,8 +49,9 @@ class SourceConfig(_Model):
     """Where frames come from."""
 
     type: Literal["file", "images", "usb", "rtsp", "csi"] = Field(
-        "file", description="file: a video file; images: a folder of images; usb: a V4L2 camera; "
-        "rtsp: an RTSP URL; csi: a Jetson CSI camera through GStreamer nvarguscamerasrc"
+        "file",
+        description="file: a video file; images: a folder of images; usb: a V4L2 camera; "
+        "rtsp: an RTSP URL; csi: a Jetson CSI camera through GStreamer nvarguscamerasrc",
     )
     path: str | None = Field(None, description="video file (file), folder (images)")
     loop: bool = Field(False, description="file/images: start again at the end instead of stopping")
@@ -76,7 +77,9 @@ class SourceConfig(_Model):
 class ModelConfig(_Model):
     """The detector model: a file plus its metadata (class names, imgsz, version)."""
 
-    path: str = Field(description="model file: .onnx (onnxruntime), .engine/.plan (tensorrt), .pt (ultralytics)")
+    path: str = Field(
+        description="model file: .onnx (onnxruntime), .engine/.plan (tensorrt), .pt (ultralytics)"
+    )
     meta: str | None = Field(
         None, description="metadata JSON (names, imgsz, version); default: the model path with .json"
     )
@@ -87,7 +90,9 @@ class ModelConfig(_Model):
 class BackendConfig(_Model):
     """Which runtime executes the model, and the post-processing thresholds."""
 
-    type: Literal["onnxruntime", "tensorrt", "ultralytics"] = Field("onnxruntime", description="detector backend")
+    type: Literal["onnxruntime", "tensorrt", "ultralytics"] = Field(
+        "onnxruntime", description="detector backend"
+    )
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="onnxruntime: use CUDA when available")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = runtime default")
     conf: float = Field(0.25, ge=0, le=1, description="minimum confidence kept")
@@ -99,7 +104,9 @@ class BackendConfig(_Model):
 class TrackingConfig(_Model):
     """Norfair tracker parameters."""
 
-    distance: Literal["iou", "euclidean"] = Field("iou", description="iou: 1 - IoU of boxes; euclidean: centre distance in px")
+    distance: Literal["iou", "euclidean"] = Field(
+        "iou", description="iou: 1 - IoU of boxes; euclidean: centre distance in px"
+    )
     distance_threshold: float = Field(0.8, gt=0, description="largest distance that still matches (iou: < 1)")
     hit_counter_max: int = Field(15, ge=1, description="frames a track survives without a detection")
     initialization_delay: int = Field(2, ge=0, description="detections needed before a track is confirmed")
@@ -140,10 +147,16 @@ class CountingConfig(_Model):
     lines: list[LineConfig] = Field(default_factory=list, description="counting lines")
     anchor: Anchor = Field("bottom_center", description="the point of a box that must cross a line")
     hysteresis_px: float = Field(
-        6.0, ge=0, description="band around a line the anchor must leave on the far side before a crossing counts"
+        6.0,
+        ge=0,
+        description="band around a line the anchor must leave on the far side before a crossing counts",
     )
     handoff_frames: int = Field(
-        30, ge=0, description="a track born near a line within this many frames inherits the side of one that died there"
+        30,
+        ge=0,
+        description=(
+            "a track born near a line within this many frames inherits the side of one that died there"
+        ),
     )
     handoff_px: float = Field(80.0, ge=0, description="how near (px) a new track must be born to inherit")
 
@@ -199,10 +212,14 @@ class MqttConfig(_Model):
     host: str = Field("127.0.0.1", description="broker host")
     port: int = Field(1883, ge=1, le=65535, description="broker port")
     prefix: str = Field("lanecount", description="topic prefix: {prefix}/{site}/{device}/...")
-    client_id: str | None = Field(None, description="default: lanecount-{site}-{device} (stable across restarts)")
+    client_id: str | None = Field(
+        None, description="default: lanecount-{site}-{device} (stable across restarts)"
+    )
     username: str | None = None
     password: str | None = Field(None, description="prefer password_file (systemd LoadCredential)")
-    password_file: str | None = Field(None, description="file holding the password; relative to $CREDENTIALS_DIRECTORY")
+    password_file: str | None = Field(
+        None, description="file holding the password; relative to $CREDENTIALS_DIRECTORY"
+    )
     tls: TlsConfig | None = None
     keepalive_s: int = Field(30, ge=5, description="MQTT keepalive")
     publish_period_s: float = Field(10.0, gt=0, description="period of the counts message")
@@ -213,7 +230,9 @@ class MqttConfig(_Model):
 class OutboxConfig(_Model):
     """The durable SQLite outbox every outbound message goes through."""
 
-    max_messages: int = Field(100_000, ge=10, description="bound; the oldest are dropped (and logged) beyond it")
+    max_messages: int = Field(
+        100_000, ge=10, description="bound; the oldest are dropped (and logged) beyond it"
+    )
     max_inflight: int = Field(20, ge=1, description="messages published but not yet acknowledged")
 
 
@@ -223,7 +242,9 @@ class OutputConfig(_Model):
     video: str | None = Field(None, description="write an annotated MP4 here")
     frames_dir: str | None = Field(None, description="write annotated JPEG frames here")
     every_n: int = Field(1, ge=1, description="annotate every n-th frame")
-    tracks: str | None = Field(None, description="write confirmed tracks here (MOTChallenge format, for `stats`)")
+    tracks: str | None = Field(
+        None, description="write confirmed tracks here (MOTChallenge format, for `stats`)"
+    )
 
 
 class EdgeConfig(_Model):
@@ -244,7 +265,9 @@ class EdgeConfig(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
-    metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus metrics on this port")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve Prometheus metrics on this port"
+    )
 
     def state_path(self) -> Path:
         """Directory of the durable state: ``$STATE_DIRECTORY`` under systemd, else ``state_dir``."""
@@ -267,6 +290,8 @@ def require_for_run(cfg: EdgeConfig, source_name: str = "config") -> None:
 
 class _LineLoader(yaml.SafeLoader):
     """A SafeLoader that remembers the line of every mapping key, by dotted path."""
+
+    key_lines: dict[int, tuple[Any, dict[Any, int]]]
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -305,7 +330,7 @@ def parse_config(text: str, source_name: str = "<config>") -> EdgeConfig:
         ConfigError: one ``source:line: field: message`` per problem.
     """
     loader = _LineLoader(text)
-    loader.key_lines = {}  # type: ignore[attr-defined]
+    loader.key_lines = {}
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
@@ -324,7 +349,7 @@ def parse_config(text: str, source_name: str = "<config>") -> EdgeConfig:
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            line = _line_of(data, loc, loader.key_lines)  # type: ignore[attr-defined]
+            line = _line_of(data, loc, loader.key_lines)
             field = ".".join(str(p) for p in loc) or "(top level)"
             msg = err["msg"].removeprefix("Value error, ")
             where = f"{source_name}:{line}" if line else source_name

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["Metrics", "STAGES"]
+__all__ = ["STAGES", "Metrics"]
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "tracking", "counting", "publishing")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -30,9 +30,13 @@ class Metrics:
         )
         self.tracks = Gauge("lanecount_active_tracks", "Tracks alive now", registry=r)
         self.outbox_depth = Gauge("lanecount_outbox_depth", "Messages waiting for a broker ack", registry=r)
-        self.outbox_dropped = Gauge("lanecount_outbox_dropped", "Messages dropped by the outbox bound", registry=r)
+        self.outbox_dropped = Gauge(
+            "lanecount_outbox_dropped", "Messages dropped by the outbox bound", registry=r
+        )
         self.mqtt_connected = Gauge("lanecount_mqtt_connected", "1 while connected to the broker", registry=r)
-        self.source_reconnects = Gauge("lanecount_source_reconnects", "Times the source was reopened", registry=r)
+        self.source_reconnects = Gauge(
+            "lanecount_source_reconnects", "Times the source was reopened", registry=r
+        )
         self.alerts = Gauge("lanecount_alerts_active", "Restock alerts raised now", registry=r)
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:

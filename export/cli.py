@@ -60,8 +60,12 @@ def export_onnx(weights: Path, out: Path, imgsz: int, version: str | None = None
 
 @app.command()
 def onnx(
-    weights: Annotated[Path, typer.Argument(help="trained weights (.pt), e.g. runs/fit/train/weights/best.pt")],
-    out: Annotated[Path, typer.Option(help="output .onnx path; the .json goes beside it")] = Path("model.onnx"),
+    weights: Annotated[
+        Path, typer.Argument(help="trained weights (.pt), e.g. runs/fit/train/weights/best.pt")
+    ],
+    out: Annotated[Path, typer.Option(help="output .onnx path; the .json goes beside it")] = Path(
+        "model.onnx"
+    ),
     imgsz: Annotated[int, typer.Option(help="network input size")] = 640,
     version: Annotated[str | None, typer.Option(help="model version (default: today's date)")] = None,
 ) -> None:

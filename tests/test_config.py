@@ -35,7 +35,7 @@ def _fields(model: type[BaseModel], prefix: str = "") -> set[str]:
     for name, info in model.model_fields.items():
         out.add(name)
         ann = info.annotation
-        for sub in getattr(ann, "__args__", ()) + (ann,):
+        for sub in (*getattr(ann, "__args__", ()), ann):
             if isinstance(sub, type) and issubclass(sub, BaseModel):
                 out |= _fields(sub)
             for inner in getattr(sub, "__args__", ()):
@@ -91,7 +91,9 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "edge.cli", "check-config"]
     res = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [f"error: {bad}:2: mqtt.port: Input should be greater than or equal to 1"]
+    assert res.stderr.strip().splitlines() == [
+        f"error: {bad}:2: mqtt.port: Input should be greater than or equal to 1"
+    ]
     assert "Traceback" not in res.stderr
     ok = subprocess.run([*run, str(EXAMPLE)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

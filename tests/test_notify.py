@@ -51,7 +51,9 @@ def test_watchdog_pings_at_half_the_interval_only_when_frames_flow(
     assert _drain(notify_socket) == ["WATCHDOG=1"] * 3  # at 100.0, 101.0, 102.2
 
 
-def test_watchdog_for_another_pid_is_ignored(notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watchdog_for_another_pid_is_ignored(
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "2000000")
     monkeypatch.setenv("WATCHDOG_PID", "1")
     n = Notifier()

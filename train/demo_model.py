@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="dataloader workers (and rendering processes)")
     p.add_argument("--train-only", action="store_true", help="stop after training (export elsewhere)")
-    p.add_argument("--export-only", type=Path, default=None, help="skip training: evaluate and export these weights")
+    p.add_argument(
+        "--export-only", type=Path, default=None, help="skip training: evaluate and export these weights"
+    )
     p.add_argument("--note", default="", help="how the weights were trained (kept in the JSON)")
     a = p.parse_args(argv)
     data_dir = a.work / "data"
@@ -86,7 +88,8 @@ def export(best: Path, data_yaml: Path, a: argparse.Namespace, train_s: float) -
         "names": list(CLASSES),
         "trained_on": {"generator": "lanecount-train synth", "images": a.images, "seed": a.seed},
         "train_hours": None if train_s != train_s else round(train_s / 3600, 2),
-        "training": a.note or f"python -m train.demo_model --device {a.device} --images {a.images} --hours {a.hours}",
+        "training": a.note
+        or f"python -m train.demo_model --device {a.device} --images {a.images} --hours {a.hours}",
         "metrics_test": {
             "mAP50": round(float(m.box.map50), 4),
             "mAP50-95": round(float(m.box.map), 4),

@@ -89,28 +89,32 @@ def _fruit(rng: Rng, kind: str) -> np.ndarray:
     if kind == "orange":  # dimpled peel and a navel
         dimples = rng.normal(0, 10, (h, w, 1)).astype(np.float32)
         bgr = np.clip(bgr + cv2.GaussianBlur(dimples, (3, 3), 0)[..., None], 0, 255)
-        cv2.circle(bgr, (w // 2 + int(rng.integers(-4, 5)), h // 2 + int(rng.integers(-4, 5))), 3, (10, 90, 170), -1)
+        cv2.circle(
+            bgr, (w // 2 + int(rng.integers(-4, 5)), h // 2 + int(rng.integers(-4, 5))), 3, (10, 90, 170), -1
+        )
     else:  # streaks, a stem and a leaf
         for _ in range(6):
             x = int(rng.integers(w // 5, 4 * w // 5))
             cv2.line(bgr, (x, h // 5), (x + int(rng.integers(-6, 7)), 4 * h // 5), (base * 0.8).tolist(), 1)
         cv2.line(bgr, (w // 2, h // 6), (w // 2 + 4, 0), (20, 50, 90), 3)
         cv2.ellipse(bgr, (w // 2 + 10, h // 8), (9, 4), -20, 0, 360, (40, 150, 50), -1)
-        cv2.ellipse(alpha, (w // 2 + 10, h // 8), (9, 4), -20, 0, 360, 1.0, -1)
-        cv2.line(alpha, (w // 2, h // 6), (w // 2 + 4, 0), 1.0, 3)
+        cv2.ellipse(alpha, (w // 2 + 10, h // 8), (9, 4), -20, 0, 360, (1.0,), -1)
+        cv2.line(alpha, (w // 2, h // 6), (w // 2 + 4, 0), (1.0,), 3)
     return np.dstack([bgr, alpha * 255]).astype(np.uint8)
 
 
 def _banana(rng: Rng) -> np.ndarray:
     w, h = int(rng.uniform(120, 150)), int(rng.uniform(55, 70))
     bgr = np.zeros((h, w, 3), np.float32)
-    alpha = np.zeros((h, w), np.float32)
+    alpha: np.ndarray = np.zeros((h, w), np.float32)
     color = _jitter_color(rng, (40, 215, 240), 15)
     # A crescent: the difference of two ellipse arcs, thick at the middle and thin at the tips.
     outer = cv2.ellipse2Poly((w // 2, -int(h * 0.9)), (w // 2 - 4, int(h * 1.85)), 0, 20, 160, 4)
-    inner = cv2.ellipse2Poly((w // 2, -int(h * 0.9)), (w // 2 - 14, int(h * 1.35)), 0, 20, 160, 4)[::-1]
+    inner = np.asarray(
+        cv2.ellipse2Poly((w // 2, -int(h * 0.9)), (w // 2 - 14, int(h * 1.35)), 0, 20, 160, 4)
+    )[::-1]
     poly = np.concatenate([outer, inner]).astype(np.int32)
-    cv2.fillPoly(alpha, [poly], 1.0)
+    cv2.fillPoly(alpha, [poly], (1.0,))
     cv2.fillPoly(bgr, [poly], color.tolist())
     yy = np.mgrid[0:h, 0:w][0].astype(np.float32) / h
     bgr *= (0.65 + 0.45 * (1 - np.abs(yy - 0.55)))[..., None]
@@ -130,7 +134,7 @@ def _printed_box(rng: Rng, w: int, h: int, body: np.ndarray, band: np.ndarray, t
     scale = w / 150
     # Text goes through a uint8 mask: OpenCV 5 refuses putText on float images.
     ink = np.zeros((h, w), np.uint8)
-    cv2.putText(ink, text, (int(w * 0.08), y0 + h // 6), cv2.FONT_HERSHEY_DUPLEX, scale, 255, 2)
+    cv2.putText(ink, text, (int(w * 0.08), y0 + h // 6), cv2.FONT_HERSHEY_DUPLEX, scale, (255,), 2)
     bgr[ink > 0] = 255
     cv2.rectangle(bgr, (0, 0), (w - 1, h - 1), (body * 0.5).tolist(), 2)
     return bgr
@@ -138,7 +142,9 @@ def _printed_box(rng: Rng, w: int, h: int, body: np.ndarray, band: np.ndarray, t
 
 def _carton(rng: Rng) -> np.ndarray:
     w, h = int(rng.uniform(66, 80)), int(rng.uniform(120, 140))
-    bgr = _printed_box(rng, w, h, _jitter_color(rng, (235, 235, 235), 12), _jitter_color(rng, (170, 90, 20)), "MILK")
+    bgr = _printed_box(
+        rng, w, h, _jitter_color(rng, (235, 235, 235), 12), _jitter_color(rng, (170, 90, 20)), "MILK"
+    )
     gable = h // 6
     bgr[:gable] = (bgr[:gable] * 0.8).astype(np.float32)
     cv2.line(bgr, (0, gable), (w, gable), (120, 120, 120), 2)
@@ -156,7 +162,7 @@ def _can(rng: Rng) -> np.ndarray:
     bgr[:6] = bgr[-6:] = 190  # rims
     alpha = np.full((h, w), 255, np.float32)
     for y in (0, h - 1):  # rounded ends
-        cv2.ellipse(alpha, (w // 2, y), (w // 2, 5), 0, 0, 360, 0, -1)
+        cv2.ellipse(alpha, (w // 2, y), (w // 2, 5), 0, 0, 360, (0,), -1)
     return np.dstack([np.clip(bgr, 0, 255), alpha]).astype(np.uint8)
 
 
@@ -167,7 +173,13 @@ def _cereal(rng: Rng) -> np.ndarray:
     cx, cy = w // 2, int(h * 0.8)
     cv2.ellipse(bgr, (cx, cy), (w // 3, h // 10), 0, 0, 180, (250, 250, 250), -1)  # a bowl
     for _ in range(8):
-        cv2.circle(bgr, (cx + int(rng.integers(-w // 4, w // 4)), cy - int(rng.integers(0, 8))), 4, (40, 120, 200), -1)
+        cv2.circle(
+            bgr,
+            (cx + int(rng.integers(-w // 4, w // 4)), cy - int(rng.integers(0, 8))),
+            4,
+            (40, 120, 200),
+            -1,
+        )
     alpha = np.full((h, w), 255, np.float32)
     return np.dstack([bgr, alpha]).astype(np.uint8)
 
@@ -185,7 +197,7 @@ def render_product(class_id: int, rng: Rng) -> np.ndarray:
         sprite = _can(rng)
     else:
         sprite = _cereal(rng)
-    noise = rng.normal(0, 4, sprite.shape[:2] + (3,))
+    noise = rng.normal(0, 4, (*sprite.shape[:2], 3))
     sprite[..., :3] = np.clip(sprite[..., :3] + noise, 0, 255).astype(np.uint8)
     return sprite
 
@@ -201,7 +213,9 @@ def transform(sprite: np.ndarray, angle: float, scale: float) -> np.ndarray:
     return cv2.warpAffine(sprite, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
 
 
-def paste(canvas: np.ndarray, sprite: np.ndarray, cx: float, cy: float) -> tuple[float, float, float, float] | None:
+def paste(
+    canvas: np.ndarray, sprite: np.ndarray, cx: float, cy: float
+) -> tuple[float, float, float, float] | None:
     """Alpha-blend ``sprite`` centred at ``(cx, cy)``; return its tight visible box, or None if off-image."""
     h, w = sprite.shape[:2]
     x0, y0 = round(cx - w / 2), round(cy - h / 2)
@@ -216,13 +230,20 @@ def paste(canvas: np.ndarray, sprite: np.ndarray, cx: float, cy: float) -> tuple
     ys, xs = np.nonzero(crop[..., 3] > 127)
     if len(xs) == 0:
         return None
-    return (float(ax0 + xs.min()), float(ay0 + ys.min()), float(ax0 + xs.max() + 1), float(ay0 + ys.max() + 1))
+    return (
+        float(ax0 + xs.min()),
+        float(ay0 + ys.min()),
+        float(ax0 + xs.max() + 1),
+        float(ay0 + ys.max() + 1),
+    )
 
 
 # --- backgrounds and degradations --------------------------------------------------------------------
 
 
-def conveyor(rng: Rng, w: int = WIDTH, h: int = HEIGHT, offset: float = 0.0, tone: float | None = None) -> np.ndarray:
+def conveyor(
+    rng: Rng, w: int = WIDTH, h: int = HEIGHT, offset: float = 0.0, tone: float | None = None
+) -> np.ndarray:
     """A dark rubber belt with ribs across it, steel rails at the edges; ``offset`` scrolls the ribs."""
     tone = float(rng.uniform(45, 85)) if tone is None else tone
     xx = np.arange(w, dtype=np.float32)
@@ -255,7 +276,9 @@ def _clutter(rng: Rng, w: int, h: int) -> np.ndarray:
             p2 = (p1[0] + int(rng.integers(-150, 150)), p1[1] + int(rng.integers(-150, 150)))
             cv2.rectangle(img, p1, p2, color, -1 if rng.random() < 0.6 else 3)
         else:
-            cv2.line(img, p1, (int(rng.integers(0, w)), int(rng.integers(0, h))), color, int(rng.integers(1, 6)))
+            cv2.line(
+                img, p1, (int(rng.integers(0, w)), int(rng.integers(0, h))), color, int(rng.integers(1, 6))
+            )
     return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
 
 
@@ -282,7 +305,7 @@ def occluder(rng: Rng) -> np.ndarray:
 
 def degrade(img: np.ndarray, rng: Rng, strength: float = 1.0) -> np.ndarray:
     """Lighting (gain, gamma, colour cast, vignette-like gradient), blur and sensor noise."""
-    out = img.astype(np.float32) / 255
+    out: np.ndarray = img.astype(np.float32) / 255
     out = out ** rng.uniform(0.8, 1.25) * rng.uniform(0.7, 1.25)
     out *= 1 + strength * rng.uniform(-0.06, 0.06, 3)[None, None, :]
     h, w = out.shape[:2]
@@ -303,7 +326,9 @@ def degrade(img: np.ndarray, rng: Rng, strength: float = 1.0) -> np.ndarray:
 # --- scenes and datasets -----------------------------------------------------------------------------
 
 
-def _overlap(box: tuple[float, float, float, float], others: list[tuple[float, float, float, float]]) -> float:
+def _overlap(
+    box: tuple[float, float, float, float], others: list[tuple[float, float, float, float]]
+) -> float:
     """Largest fraction of ``box``'s area covered by any one of ``others``."""
     x1, y1, x2, y2 = box
     area = max((x2 - x1) * (y2 - y1), 1.0)
@@ -329,7 +354,9 @@ def render_scene(rng: Rng, negative: bool = False, w: int = WIDTH, h: int = HEIG
         cx, cy = rng.uniform(sw * 0.3, w - sw * 0.3), rng.uniform(sh * 0.3, h - sh * 0.3)
         guess = (cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2)
         # Keep occlusion partial: the new sprite may cover at most 30% of an earlier one, and vice versa.
-        if _overlap(guess, [p.box for p in placed]) > 0.3 or any(_overlap(p.box, [guess]) > 0.3 for p in placed):
+        if _overlap(guess, [p.box for p in placed]) > 0.3 or any(
+            _overlap(p.box, [guess]) > 0.3 for p in placed
+        ):
             continue
         box = paste(canvas, sprite, cx, cy)
         if box is not None and (box[2] - box[0]) >= 12 and (box[3] - box[1]) >= 12:
@@ -346,7 +373,8 @@ def yolo_lines(objects: tuple[Placed, ...], w: int, h: int) -> list[str]:
     lines = []
     for p in objects:
         x1, y1, x2, y2 = p.box
-        lines.append(f"{p.class_id} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+        cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
+        lines.append(f"{p.class_id} {cx:.6f} {cy:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
     return lines
 
 
@@ -391,7 +419,9 @@ def write_dataset(
     work = [(out, seed, i, negatives, split_of[i]) for i in range(images)]
     counts = [0] * len(CLASSES)
     with _pool(jobs) as pool:
-        results: Iterator[list[int]] = pool.imap(_render_one, work, chunksize=8) if pool else map(_render_one, work)
+        results: Iterator[list[int]] = (
+            pool.imap(_render_one, work, chunksize=8) if pool else map(_render_one, work)
+        )
         if progress:
             from tqdm import tqdm
 
@@ -409,7 +439,12 @@ def write_dataset(
         "names": dict(enumerate(CLASSES)),
     }
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
-    meta = {"generator": "lanecount synth", "seed": seed, "images": images, "instances": dict(zip(CLASSES, counts))}
+    meta = {
+        "generator": "lanecount synth",
+        "seed": seed,
+        "images": images,
+        "instances": dict(zip(CLASSES, counts, strict=True)),
+    }
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
     return data_yaml
 

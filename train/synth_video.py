@@ -29,7 +29,8 @@ __all__ = ["LINE", "Product", "crossings_from_boxes", "plan", "render_video"]
 FPS = 15
 SPEED = 7.0  # belt speed, px per frame
 RAIL = max(HEIGHT // 12, 8)
-LINE = {"name": "lane", "start": [WIDTH // 2, HEIGHT], "end": [WIDTH // 2, 0]}  # left→right is "in"
+_LINE_X = WIDTH // 2
+LINE = {"name": "lane", "start": [_LINE_X, HEIGHT], "end": [_LINE_X, 0]}  # left→right is "in"
 KINDS = ("normal", "stop", "pullback", "pair", "occluded")
 KIND_P = (0.5, 0.14, 0.14, 0.1, 0.12)
 
@@ -189,12 +190,12 @@ def render_video(out: Path, seconds: float, seed: int, progress: bool = False) -
     """Render the video and its ground truth into ``out``; returns the crossings summary."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0xC0FFEE])
-    frames = int(round(seconds * FPS))
+    frames = round(seconds * FPS)
     products = plan(frames, rng)
     tone = float(rng.uniform(50, 80))
     shoot = _camera(rng)
     hand = occluder(rng)
-    writer = cv2.VideoWriter(str(out / "video.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
+    writer = cv2.VideoWriter(str(out / "video.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
     if not writer.isOpened():
         raise RuntimeError(f"{out / 'video.mp4'}: OpenCV cannot write MP4 here")
     gt_lines: list[str] = []
@@ -221,7 +222,9 @@ def render_video(out: Path, seconds: float, seed: int, progress: bool = False) -
                 hbox = paste(canvas, hand, hx, hy)
                 vis = _visibility(box, hbox)
             x1, y1, x2, y2 = box
-            gt_lines.append(f"{f + 1},{p.pid},{x1:.0f},{y1:.0f},{x2 - x1:.0f},{y2 - y1:.0f},1,{p.class_id},{vis:.2f}")
+            gt_lines.append(
+                f"{f + 1},{p.pid},{x1:.0f},{y1:.0f},{x2 - x1:.0f},{y2 - y1:.0f},1,{p.class_id},{vis:.2f}"
+            )
         writer.write(shoot(canvas, np.random.default_rng([seed, f])))
     writer.release()
     (out / "gt.txt").write_text("\n".join(gt_lines) + "\n")
@@ -239,7 +242,7 @@ def _visibility(box: tuple[float, ...], cover: tuple[float, ...] | None) -> floa
 def _write_truth(out: Path, products: list[Product], frames: int) -> dict[str, object]:
     by_id = {p.pid: p for p in products}
     tracks = {p.pid: sorted(p.boxes.items()) for p in products}
-    events = crossings_from_boxes(tracks, LINE["start"][0])
+    events = crossings_from_boxes(tracks, _LINE_X)
     counts: dict[str, dict[str, int]] = {"in": {}, "out": {}}
     for _, pid, d in events:
         name = CLASSES[by_id[pid].class_id]
@@ -254,7 +257,8 @@ def _write_truth(out: Path, products: list[Product], frames: int) -> dict[str, o
         "line": LINE,
         "lines": {LINE["name"]: counts},
         "events": [
-            {"frame": f + 1, "id": pid, "class": CLASSES[by_id[pid].class_id], "direction": d} for f, pid, d in events
+            {"frame": f + 1, "id": pid, "class": CLASSES[by_id[pid].class_id], "direction": d}
+            for f, pid, d in events
         ],
     }
     (out / "crossings.json").write_text(json.dumps(summary, indent=2) + "\n")
