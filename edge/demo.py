@@ -50,19 +50,24 @@ def start_broker(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     sys.exit(f"error: mosquitto did not start on port {port}")
 
 
-class CountsListener:
-    """Collects the daemon's ``counts`` messages (QoS 1) in a background paho loop."""
+class Listener:
+    """Collects the daemon's messages under ``prefix`` (QoS 1) in a background paho loop."""
 
-    def __init__(self, port: int, topic: str) -> None:
-        """Connect and subscribe; messages accumulate in ``self.messages``."""
+    def __init__(self, port: int, prefix: str) -> None:
+        """Connect and subscribe to ``prefix/#``; messages accumulate per topic suffix."""
         import paho.mqtt.client as mqtt
 
-        self.messages: list[dict[str, Any]] = []
+        self.messages: dict[str, list[dict[str, Any]]] = {}
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="lanecount-demo-listener")
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/#", qos=1)
         self.client.on_subscribe = lambda c, u, mid, rc, p: self._subscribed.set()
-        self.client.on_message = lambda c, u, msg: self.messages.append(json.loads(msg.payload))
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            kind = msg.topic[len(prefix) + 1 :]
+            self.messages.setdefault(kind, []).append(json.loads(msg.payload))
+
+        self.client.on_message = on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
@@ -86,7 +91,7 @@ def write_config(video_dir: Path, out: Path, port: int, model: Path) -> Path:
         "backend": {"type": "onnxruntime", "device": "cpu"},
         "counting": snippet["counting"],
         "alerts": {
-            "depletion": [{"product": "milk_carton", "stock": 12, "threshold": 3, "line": "lane", "direction": "in"}]
+            "depletion": [{"product": "milk_carton", "stock": 8, "threshold": 3, "line": "lane", "direction": "in"}]
         },
         "mqtt": {"host": "127.0.0.1", "port": port, "publish_period_s": 2.0, "status_period_s": 5.0},
         "output": {"video": str(out / "annotated.mp4"), "tracks": str(out / "tracks.txt")},
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         broker = start_broker(port, Path(tmp))
         try:
             config = write_config(a.video.resolve(), out, port, a.model.resolve())
-            listener = CountsListener(port, "lanecount/demo-store/lane-1/counts")
+            listener = Listener(port, "lanecount/demo-store/lane-1")
             print(f"broker on 127.0.0.1:{port}; running the daemon on {truth['frames']} frames ...", flush=True)
             started = time.monotonic()
             cmd = [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--counts-out", str(out / "counts.json")]
@@ -139,13 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         print(f"error: the daemon exited with {rc}", file=sys.stderr)
         return rc
-    if not listener.messages:
+    counts = listener.messages.get("counts", [])
+    if not counts:
         print("error: no counts message arrived over MQTT", file=sys.stderr)
         return 1
-    last = max(listener.messages, key=lambda m: m["seq"])
+    last = max(counts, key=lambda m: m["seq"])
     text, ok = table(truth["lines"], last["cumulative"])
-    print(f"\n{len(listener.messages)} counts messages over MQTT; the last one (seq {last['seq']}) against ground truth:")
+    crossings = listener.messages.get("events/crossing", [])
+    print(f"\nMQTT: {len(counts)} counts messages, {len(crossings)} crossing events", end="")
+    print(f" ({len(truth['events'])} true crossings); the last counts message (seq {last['seq']}) vs ground truth:")
     print(text)
+    for kind, msgs in sorted(listener.messages.items()):
+        if kind.startswith("alerts/"):
+            for m in msgs:
+                print(f"alert on {kind}: {m['state']} ({json.dumps({k: m[k] for k in ('estimate', 'count', 'threshold') if k in m})})")
     print(f"\n{truth['frames']} frames in {elapsed:.1f} s ({truth['frames'] / elapsed:.1f} fps end to end, incl. start-up)")
     print(f"annotated video: {out / 'annotated.mp4'}\ntracks: {out / 'tracks.txt'}  config: {config}")
     print("RESULT: counts match the ground truth" if ok else "RESULT: counts differ from the ground truth")
