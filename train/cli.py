@@ -60,11 +60,12 @@ def synth(
     images: Annotated[int, typer.Option(min=1, help="Number of images.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed; image i depends only on (seed, i).")] = 0,
     negatives: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of product-free images.")] = 0.08,
+    jobs: Annotated[int, typer.Option(min=1, help="Rendering processes (the output does not depend on it).")] = 1,
 ) -> None:
     """Render a synthetic grocery dataset (images, YOLO labels, data.yaml)."""
     from train.synth import write_dataset
 
-    data_yaml = write_dataset(out, images, seed, negatives=negatives, progress=True)
+    data_yaml = write_dataset(out, images, seed, negatives=negatives, progress=True, jobs=jobs)
     meta = json.loads((out / "synth.json").read_text())
     typer.echo(f"data.yaml: {data_yaml}")
     typer.echo("instances: " + ", ".join(f"{k}={v}" for k, v in meta["instances"].items()))
