@@ -91,7 +91,9 @@ def write_config(video_dir: Path, out: Path, port: int, model: Path) -> Path:
         "backend": {"type": "onnxruntime", "device": "cpu"},
         "counting": snippet["counting"],
         "alerts": {
-            "depletion": [{"product": "milk_carton", "stock": 8, "threshold": 3, "line": "lane", "direction": "in"}]
+            "depletion": [
+                {"product": "milk_carton", "stock": 8, "threshold": 3, "line": "lane", "direction": "in"}
+            ]
         },
         "mqtt": {"host": "127.0.0.1", "port": port, "publish_period_s": 2.0, "status_period_s": 5.0},
         "output": {"video": str(out / "annotated.mp4"), "tracks": str(out / "tracks.txt")},
@@ -118,7 +120,9 @@ def table(truth: dict[str, Any], got: dict[str, Any]) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns 0 when the MQTT counts equal the ground truth."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--video", type=Path, default=Path("demo-out/video"), help="folder from lanecount-train synth-video")
+    p.add_argument(
+        "--video", type=Path, default=Path("demo-out/video"), help="folder from lanecount-train synth-video"
+    )
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--model", type=Path, default=MODELS / "demo.onnx")
     a = p.parse_args(argv)
@@ -131,9 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = write_config(a.video.resolve(), out, port, a.model.resolve())
             listener = Listener(port, "lanecount/demo-store/lane-1")
-            print(f"broker on 127.0.0.1:{port}; running the daemon on {truth['frames']} frames ...", flush=True)
+            print(
+                f"broker on 127.0.0.1:{port}; running the daemon on {truth['frames']} frames ...", flush=True
+            )
             started = time.monotonic()
-            cmd = [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--counts-out", str(out / "counts.json")]
+            cmd = [
+                sys.executable,
+                "-m",
+                "edge.cli",
+                "run",
+                "--config",
+                str(config),
+                "--counts-out",
+                str(out / "counts.json"),
+            ]
             rc = subprocess.call(cmd)
             elapsed = time.monotonic() - started
             time.sleep(1.0)  # the last counts message is published at shutdown; let it arrive
@@ -152,13 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     text, ok = table(truth["lines"], last["cumulative"])
     crossings = listener.messages.get("events/crossing", [])
     print(f"\nMQTT: {len(counts)} counts messages, {len(crossings)} crossing events", end="")
-    print(f" ({len(truth['events'])} true crossings); the last counts message (seq {last['seq']}) vs ground truth:")
+    n_true = len(truth["events"])
+    print(f" ({n_true} true crossings); the last counts message (seq {last['seq']}) vs ground truth:")
     print(text)
     for kind, msgs in sorted(listener.messages.items()):
         if kind.startswith("alerts/"):
             for m in msgs:
-                print(f"alert on {kind}: {m['state']} ({json.dumps({k: m[k] for k in ('estimate', 'count', 'threshold') if k in m})})")
-    print(f"\n{truth['frames']} frames in {elapsed:.1f} s ({truth['frames'] / elapsed:.1f} fps end to end, incl. start-up)")
+                values = {k: m[k] for k in ("estimate", "count", "threshold") if k in m}
+                print(f"alert on {kind}: {m['state']} ({json.dumps(values)})")
+    fps = truth["frames"] / elapsed
+    print(f"\n{truth['frames']} frames in {elapsed:.1f} s ({fps:.1f} fps end to end, incl. start-up)")
     print(f"annotated video: {out / 'annotated.mp4'}\ntracks: {out / 'tracks.txt'}  config: {config}")
     print("RESULT: counts match the ground truth" if ok else "RESULT: counts differ from the ground truth")
     return 0 if ok else 1

@@ -25,6 +25,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from pathlib import Path
 
 import cv2
@@ -42,6 +44,7 @@ __all__ = [
     "Frame",
     "ImageFolderSource",
     "LiveSource",
+    "ReadAhead",
     "Source",
     "backoff_delays",
     "csi_pipeline",
@@ -67,9 +70,9 @@ def open_source(
         SourceError: a file or folder cannot be opened (live sources never raise: they keep retrying).
     """
     if cfg.type == "file":
-        return FileSource(_resolve(cfg.path, base_dir), loop=cfg.loop, open_capture=open_capture)
+        return ReadAhead(FileSource(_resolve(cfg.path, base_dir), loop=cfg.loop, open_capture=open_capture))
     if cfg.type == "images":
-        return ImageFolderSource(_resolve(cfg.path, base_dir), fps=cfg.fps, loop=cfg.loop)
+        return ReadAhead(ImageFolderSource(_resolve(cfg.path, base_dir), fps=cfg.fps, loop=cfg.loop))
     name = {"usb": f"usb:{cfg.device}", "rtsp": f"rtsp:{redact(cfg.url or '')}", "csi": f"csi:{cfg.device}"}[
         cfg.type
     ]
@@ -166,4 +169,72 @@ class ImageFolderSource(Source):
 
     def close(self) -> None:
         """Stop delivering images."""
+        self.state = "ended"
+
+
+class ReadAhead(Source):
+    """Decode a file or folder source a few frames ahead in a thread; every frame, in order.
+
+    Decoding (OpenCV releases the GIL) then overlaps inference instead of adding to it. The queue is
+    small and bounded, so memory stays flat and a slow pipeline simply makes the reader wait.
+    """
+
+    def __init__(self, inner: Source, depth: int = 4) -> None:
+        """Start reading ``inner`` ahead, at most ``depth`` frames."""
+        self.inner = inner
+        self.fps = inner.fps
+        self.live = inner.live
+        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
+        self._failure: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self.inner.read()
+            except Exception as exc:  # a decoder error ends the file like EOF, but is reported
+                log.error("%s: read failed: %s", getattr(self.inner, "path", "source"), exc)
+                self._failure = str(exc)
+                frame = None
+            if not self._put(frame) or frame is None:
+                return
+
+    def _put(self, item: Frame | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    @property
+    def error(self) -> str | None:  # type: ignore[override]
+        """The reader's own failure, else the inner source's last problem."""
+        return self._failure or self.inner.error
+
+    @property
+    def reconnects(self) -> int:  # type: ignore[override]
+        """Reopens of the inner source."""
+        return self.inner.reconnects
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        """The next frame; ``None`` at the end, or when none is ready within ``timeout``."""
+        if self.finished:
+            return None
+        try:
+            frame = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if frame is None:
+            self.state = "ended"
+        return frame
+
+    def close(self) -> None:
+        """Stop the reader thread and release the inner source."""
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.inner.close()
         self.state = "ended"
