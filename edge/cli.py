@@ -20,6 +20,8 @@ app = typer.Typer(
     help="lanecount edge daemon: camera → detector → tracking → line counts → MQTT.",
 )
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
 
 
@@ -41,19 +43,30 @@ def _setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
 
 
+def _log_level(value: str | None) -> str | None:
+    """``--log-level`` in any case; an unknown level is a user mistake, not a ValueError traceback."""
+    if value is None:
+        return None
+    if value.upper() not in _LEVELS:
+        raise ConfigError(f"--log-level: {value!r} is not one of {', '.join(_LEVELS)}")
+    return value.upper()
+
+
 @app.command()
 def run(
     config: ConfigOpt,
     counts_out: Annotated[
-        Path | None, typer.Option(help="write this run's final counts here (JSON, replay's counts.json shape)")
+        Path | None,
+        typer.Option(help="write this run's final counts here (JSON, replay's counts.json shape)"),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="override the config's log_level")] = None,
 ) -> None:
     """Run the daemon until the source ends (a file without loop) or SIGTERM."""
     from edge.daemon import Daemon
 
+    level = _log_level(log_level)
     daemon = Daemon(config, counts_out=counts_out)
-    _setup_logging(log_level or daemon.cfg.log_level)
+    _setup_logging(level or daemon.cfg.log_level)
     raise typer.Exit(daemon.run())
 
 
@@ -108,10 +121,26 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Usage errors: newer typer vendors click (as ``typer.TyperException``), older typer imports it."""
+    kinds: list[type[Exception]] = []
+    vendored = getattr(typer, "TyperException", None)
+    if vendored is not None:
+        kinds.append(vendored)
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        kinds.append(click.ClickException)
+    return tuple(kinds)
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead of exiting.
+        rc = app(standalone_mode=False)
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
@@ -123,13 +152,16 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
+        if isinstance(exc, _usage_errors()):  # a bad option or a missing argument: usage + message
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
+            else:
+                typer.echo(f"error: {exc}", err=True)
+            sys.exit(int(getattr(exc, "exit_code", 2)))
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

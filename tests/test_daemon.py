@@ -1,0 +1,639 @@
+"""The edge daemon end to end: real ONNX Runtime with the demo model, real SQLite, a real Mosquitto
+(tests/broker.py), a real unix datagram socket as systemd's NOTIFY_SOCKET, and a synthetic conveyor
+video whose true line crossings are known (train/synth_video.py).
+
+Nothing is faked. The daemon runs in-process (``Daemon.run`` on the main thread, or on a helper
+thread that stops it through ``signals.stop``) where that is enough, and as ``python -m edge.cli run``
+where a signal, a SIGKILL or the exit code and stderr are under test.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+import yaml
+from broker import Broker, Received, Subscriber, validate, wait_until
+from conftest import DEMO_ONNX, ROOT
+
+from edge.daemon import Daemon
+from edge.outbox import Outbox
+from edge.store import CountStore
+
+SITE, DEVICE = "s1", "d1"
+BASE = f"lanecount/{SITE}/{DEVICE}"
+SEED, SECONDS = 10, 10  # seed 10: 5 crossings in 10 s, one of them "out" (a pulled-back milk carton)
+MODEL_VERSION = json.loads(DEMO_ONNX.with_suffix(".json").read_text())["version"]
+
+
+@dataclass(frozen=True)
+class Video:
+    """The session's synthetic video and its ground truth."""
+
+    path: Path
+    truth: dict[str, Any]
+    images: Path  # the frames around the crossings, as a folder of JPEGs (a short, fast source)
+
+    @property
+    def lines(self) -> dict[str, Any]:
+        return self.truth["lines"]
+
+    @property
+    def line(self) -> dict[str, Any]:
+        return self.truth["line"]
+
+    @property
+    def total(self) -> int:
+        return sum(n for by_dir in self.lines.values() for per in by_dir.values() for n in per.values())
+
+
+@pytest.fixture(scope="session")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Video:
+    from train.synth_video import render_video
+
+    out = tmp_path_factory.mktemp("video")
+    truth = render_video(out, SECONDS, SEED)
+    assert any(truth["lines"]["lane"]["out"].values()), "the seed must have an 'out' crossing"
+    images = out / "images"
+    images.mkdir()
+    cap = cv2.VideoCapture(str(out / "video.mp4"))
+    for i in range(100):
+        ok, frame = cap.read()
+        assert ok
+        if i >= 45:
+            cv2.imwrite(str(images / f"{i:04d}.jpg"), frame)
+    cap.release()
+    return Video(out / "video.mp4", truth, images)
+
+
+def write_config(
+    tmp: Path,
+    video: Video,
+    broker: Broker | None = None,
+    *,
+    name: str = "edge.yaml",
+    source: dict[str, Any] | None = None,
+    mqtt: dict[str, Any] | None = None,
+    **sections: Any,
+) -> Path:
+    """A daemon config for ``video``: MQTT to ``broker`` with short periods, or MQTT off."""
+    mqtt_cfg: dict[str, Any] = {"enabled": False}
+    if broker is not None:
+        mqtt_cfg = {"host": broker.host, "port": broker.port, "publish_period_s": 0.5, "status_period_s": 0.5}
+        mqtt_cfg.update(mqtt or {})
+    cfg = {
+        "site": SITE,
+        "device": DEVICE,
+        "state_dir": str(tmp / "state"),
+        "source": source or {"type": "file", "path": str(video.path), "loop": False},
+        "model": {"path": str(DEMO_ONNX)},
+        "counting": {"lines": [video.line]},
+        "mqtt": mqtt_cfg,
+        **sections,
+    }
+    path = tmp / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+# --- running the daemon ---------------------------------------------------------------------------
+
+
+class Proc:
+    """``python -m edge.cli run`` with stderr in a file (a pipe could fill up and block the daemon)."""
+
+    def __init__(self, config: Path, tmp: Path, env: dict[str, str] | None = None, *extra: str) -> None:
+        self.stderr_path = tmp / f"daemon-{time.monotonic_ns()}.log"
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge.cli", "run", "--config", str(config), *extra],
+                cwd=ROOT,
+                stdout=err,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"daemon did not exit within {timeout} s:\n{self.stderr()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start daemons as subprocesses; any still running at the end of the test is killed."""
+    procs: list[Proc] = []
+
+    def start(config: Path, env: dict[str, str] | None = None, *extra: str) -> Proc:
+        p = Proc(config, tmp_path, env, *extra)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.alive():
+            p.proc.kill()
+            p.proc.wait(10)
+
+
+@contextlib.contextmanager
+def daemon_thread(config: Path, counts_out: Path | None = None) -> Iterator[Daemon]:
+    """Run a daemon on a helper thread (no signal handlers there); stop it through ``signals.stop``."""
+    daemon = Daemon(config, counts_out)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            daemon.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="daemon-under-test")
+    thread.start()
+    try:
+        yield daemon
+    finally:
+        daemon.signals.stop = True
+        thread.join(30)
+        assert not thread.is_alive(), "the daemon did not stop"
+    assert not errors, errors
+
+
+@pytest.fixture
+def subscriber(mosquitto: Broker) -> Iterator[Subscriber]:
+    sub = Subscriber(mosquitto, [f"{BASE}/#"])
+    yield sub
+    sub.close()
+
+
+def payloads(sub: Subscriber, suffix: str) -> list[dict[str, Any]]:
+    return [m.json() for m in sub.on(suffix)]
+
+
+def unique_by_seq(messages: list[Received]) -> list[tuple[int, Received]]:
+    """Messages carrying a ``seq`` (everything that went through the outbox), first arrival of each."""
+    seen: set[int] = set()
+    out = []
+    for m in messages:
+        seq = m.json().get("seq")
+        if isinstance(seq, int) and seq not in seen:
+            seen.add(seq)
+            out.append((seq, m))
+    return out
+
+
+def retained(broker: Broker, topic: str) -> dict[str, Any] | None:
+    """The message retained on ``topic``, as a client connecting now sees it."""
+    sub = Subscriber(broker, [topic])
+    try:
+        wait_until(lambda: sub.on(topic), timeout=1.0)
+        got = sub.on(topic)
+        return got[-1].json() if got and got[-1].retain else None
+    finally:
+        sub.close()
+
+
+def crossings_by_kind(events: list[dict[str, Any]]) -> collections.Counter[tuple[str, str]]:
+    return collections.Counter((e["direction"], e.get("class_name", e.get("class"))) for e in events)
+
+
+# --- 1. a recording, MQTT off -----------------------------------------------------------------------
+
+
+def test_recording_run_counts_the_ground_truth_and_writes_tracks_and_video(video, tmp_path):
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path,
+        video,
+        output={"tracks": str(out / "tracks.txt"), "video": str(out / "annotated.mp4")},
+    )
+    before = signal.getsignal(signal.SIGTERM)
+    assert Daemon(config, counts_out=out / "counts.json").run() == 0
+    assert signal.getsignal(signal.SIGTERM) is before, "an in-process run must restore signal handlers"
+
+    assert json.loads((out / "counts.json").read_text())["lines"] == video.lines
+    # The durable store agrees with the run's own counts.
+    with CountStore(tmp_path / "state" / "counts.db") as store:
+        assert store.totals() == video.lines
+
+    names = ",".join(json.loads(DEMO_ONNX.with_suffix(".json").read_text())["names"])
+    stats = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "stats", str(out), "--fps", "15", "--names", names],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stats.returncode == 0, stats.stderr
+    assert "milk_carton" in stats.stdout
+
+    cap = cv2.VideoCapture(str(out / "annotated.mp4"))
+    assert cap.isOpened()
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    cap.release()
+    assert frames == video.truth["frames"]
+
+
+# --- 2. MQTT: status, crossings, counts, offline --------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_run_publishes_status_crossings_and_counts_that_match_the_truth(
+    video, tmp_path, mosquitto, subscriber
+):
+    config = write_config(tmp_path, video, mosquitto)
+    assert Daemon(config).run() == 0
+
+    statuses = payloads(subscriber, "/status")
+    online = [s for s in statuses if s["state"] == "online"]
+    assert online, statuses
+    assert {"model_version", "fps", "uptime_s"} <= online[-1].keys()
+    assert online[-1]["model_version"] == MODEL_VERSION
+    assert any(s["fps"] > 0 for s in online)
+    assert wait_until(lambda: payloads(subscriber, "/status")[-1]["state"] == "offline")
+    final = retained(mosquitto, f"{BASE}/status")
+    assert final is not None and (final["state"], final["reason"]) == ("offline", "shutdown")
+
+    crossings = [m.json() for _, m in unique_by_seq(subscriber.on("/events/crossing"))]
+    assert len(crossings) == video.total
+    assert crossings_by_kind(crossings) == crossings_by_kind(video.truth["events"])
+    counts = [m.json() for _, m in unique_by_seq(subscriber.on("/counts"))]
+    assert len(counts) >= 2
+    assert counts[-1]["cumulative"] == video.lines
+    # Interval counts add up to the cumulative ones.
+    per_interval = collections.Counter()
+    for c in counts:
+        for line, by_dir in c["interval"].items():
+            for d, per in by_dir.items():
+                for cls, n in per.items():
+                    per_interval[(line, d, cls)] += n
+    assert sum(per_interval.values()) == video.total
+
+    for s in statuses:
+        validate("status", s)
+    for c in crossings:
+        validate("crossing", c)
+    for c in counts:
+        validate("counts", c)
+
+
+# --- 3. systemd notify ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def notify_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """A bound unix datagram socket as ``$NOTIFY_SOCKET``, read all along (as systemd does: a full
+    queue would block the sender); yields the list of datagrams received so far."""
+    folder = tempfile.mkdtemp(prefix="lc-notify-")  # short: unix socket paths are limited to 107 bytes
+    path = os.path.join(folder, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    received: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                received.append(sock.recv(4096).decode())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    yield received
+    done.set()
+    reader.join(5)
+    sock.close()
+    os.unlink(path)
+    os.rmdir(folder)
+
+
+def test_sd_notify_ready_watchdog_status_and_stopping(video, tmp_path, notify_socket):
+    config = write_config(
+        tmp_path,
+        video,
+        source={"type": "images", "path": str(video.images)},
+        mqtt=None,
+    )
+    daemon = Daemon(config)
+    assert daemon.run() == 0
+    assert wait_until(lambda: notify_socket and notify_socket[-1] == "STOPPING=1", timeout=5), notify_socket
+    fields = [line for m in notify_socket for line in m.splitlines()]
+
+    assert fields.count("READY=1") == 1
+    ready = fields.index("READY=1")
+    watchdog = [i for i, f in enumerate(fields) if f == "WATCHDOG=1"]
+    assert watchdog and min(watchdog) > ready, fields  # fed only once the model and source are up
+    assert any(f.startswith("STATUS=") for f in fields)
+    assert fields[-1] == "STOPPING=1"
+    assert daemon.frames == 55
+
+
+# --- 4. broker outage mid-run ---------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_broker_outage_mid_run_loses_nothing(video, tmp_path, mosquitto_persistent, spawn):
+    broker = mosquitto_persistent
+    sub = Subscriber(broker, [f"{BASE}/#"], client_id="outage-consumer", session=True)
+    try:
+        config = write_config(
+            tmp_path, video, broker, source={"type": "file", "path": str(video.path), "loop": True}
+        )
+        daemon = spawn(config)
+        assert wait_until(lambda: len(sub.on("/events/crossing")) >= 2, timeout=30), daemon.stderr()
+        broker.stop()
+        time.sleep(2.0)  # the daemon keeps counting into its outbox meanwhile
+        broker.start()
+        n = len(sub.on("/events/crossing"))
+        assert wait_until(lambda: len(sub.on("/events/crossing")) >= n + 2, timeout=30), daemon.stderr()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0, daemon.stderr()
+        assert "MQTT disconnected" in daemon.stderr()
+
+        with Outbox(tmp_path / "state" / "outbox.db", 100_000) as outbox:
+            assert outbox.depth() == 0  # everything was acknowledged by the broker
+            last = outbox.last_seq()
+        assert wait_until(lambda: any(s == last for s, _ in unique_by_seq(sub.messages)))
+        seqs = [s for s, _ in unique_by_seq(sub.messages)]
+        assert seqs == list(range(1, last + 1))  # none lost, first arrivals in seq order
+    finally:
+        sub.close()
+
+
+# --- 5. SIGKILL and restart ------------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_sigkill_then_restart_continues_counts_and_sends_the_outbox(
+    video, tmp_path, mosquitto_persistent, spawn
+):
+    broker = mosquitto_persistent
+    sub = Subscriber(broker, [f"{BASE}/#"], client_id="crash-consumer", session=True)
+    try:
+        config = write_config(
+            tmp_path, video, broker, source={"type": "file", "path": str(video.path), "loop": True}
+        )
+        first = spawn(config)
+        assert wait_until(lambda: len(sub.on("/events/crossing")) >= 1, timeout=30), first.stderr()
+        # With the broker gone, what the daemon counts from now on waits in its outbox when it dies.
+        broker.stop()
+        outbox_db = tmp_path / "state" / "outbox.db"
+
+        def pending() -> int:
+            with Outbox(outbox_db, 100_000) as box:
+                return box.depth()
+
+        assert wait_until(lambda: pending() >= 3, timeout=20)
+        first.signal(signal.SIGKILL)
+        assert first.wait() == -signal.SIGKILL
+        with Outbox(outbox_db, 100_000) as box:
+            left = [m.seq for m in box.pending(100_000)]
+            first_last_seq = box.last_seq()
+        assert left and left[-1] == first_last_seq
+        with CountStore(tmp_path / "state" / "counts.db") as store:
+            killed_totals = store.totals()
+
+        broker.start()
+        second = spawn(config)
+        assert wait_until(lambda: any(s in left for s, _ in unique_by_seq(sub.messages)), timeout=30)
+        assert wait_until(
+            lambda: any(s > first_last_seq for s, m in unique_by_seq(sub.on("/events/crossing"))), timeout=30
+        ), second.stderr()
+        second.signal(signal.SIGTERM)
+        assert second.wait() == 0, second.stderr()
+
+        with Outbox(outbox_db, 100_000) as box:
+            assert box.depth() == 0
+            last = box.last_seq()
+        assert wait_until(lambda: any(s == last for s, _ in unique_by_seq(sub.messages)))
+        by_seq = unique_by_seq(sub.messages)
+        assert [s for s, _ in by_seq] == list(range(1, last + 1))  # no gap across the two runs
+        assert set(left) <= {s for s, _ in by_seq}
+
+        counts = [(s, m.json()) for s, m in unique_by_seq(sub.on("/counts"))]
+        run1 = [c for s, c in counts if s <= first_last_seq]
+        run2 = [c for s, c in counts if s > first_last_seq]
+        assert run1 and run2
+        assert total(run2[0]["cumulative"]) >= total(run1[-1]["cumulative"])
+        assert total(run2[0]["cumulative"]) >= total(killed_totals)
+        with CountStore(tmp_path / "state" / "counts.db") as store:
+            assert run2[-1]["cumulative"] == store.totals()
+    finally:
+        sub.close()
+
+
+def total(cumulative: dict[str, Any]) -> int:
+    return sum(n for by_dir in cumulative.values() for per in by_dir.values() for n in per.values())
+
+
+# --- 6. SIGTERM and SIGHUP ---------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_sighup_reloads_rejects_a_broken_config_and_sigterm_stops_cleanly(
+    video, tmp_path, mosquitto, subscriber, spawn
+):
+    loop = {"type": "images", "path": str(video.images), "loop": True}
+    config = write_config(tmp_path, video, mosquitto, source=loop, mqtt={"publish_period_s": 60})
+    daemon = spawn(config)
+    assert wait_until(
+        lambda: any(s["state"] == "online" for s in payloads(subscriber, "/status")), timeout=30
+    )
+    time.sleep(1.0)
+    assert payloads(subscriber, "/counts") == []  # a 60 s period: nothing yet
+
+    write_config(tmp_path, video, mosquitto, source=loop, mqtt={"publish_period_s": 0.3})
+    daemon.signal(signal.SIGHUP)
+    assert wait_until(lambda: len(payloads(subscriber, "/counts")) >= 3, timeout=10), daemon.stderr()
+    assert "publish every 0.3 s" in daemon.stderr()  # logged by the reload
+
+    config.write_text(config.read_text() + "bogus_section: 1\n")
+    daemon.signal(signal.SIGHUP)
+    assert wait_until(lambda: "reload rejected" in daemon.stderr(), timeout=10), daemon.stderr()
+    assert "bogus_section: Extra inputs are not permitted" in daemon.stderr()
+    n = len(payloads(subscriber, "/counts"))
+    assert wait_until(lambda: len(payloads(subscriber, "/counts")) >= n + 3, timeout=10)  # still running
+    assert daemon.alive()
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    err = daemon.stderr()
+    assert "Traceback" not in err
+    assert "stopped after" in err
+    assert wait_until(lambda: payloads(subscriber, "/status")[-1]["state"] == "offline")
+    assert retained(mosquitto, f"{BASE}/status")["reason"] == "shutdown"
+    with CountStore(tmp_path / "state" / "counts.db") as store:
+        assert payloads(subscriber, "/counts")[-1]["cumulative"] == store.totals()
+    assert total(store_totals(tmp_path)) > 0
+
+
+def store_totals(tmp: Path) -> dict[str, Any]:
+    with CountStore(tmp / "state" / "counts.db") as store:
+        return store.totals()
+
+
+def test_reload_applies_a_new_line_keeps_restart_only_settings_and_rejects_a_missing_model(
+    video, tmp_path, caplog
+):
+    loop = {"type": "images", "path": str(video.images), "loop": True}
+    config = write_config(tmp_path, video, source=loop)
+    counts_out = tmp_path / "counts.json"
+    with daemon_thread(config, counts_out) as daemon:
+        assert wait_until(lambda: daemon.frames >= 60, timeout=30)  # one pass of the images, crossings in it
+        detector = daemon.pipeline.detector
+        moved = {**video.line, "name": "lane2"}
+        elsewhere = {**loop, "path": str(tmp_path / "elsewhere")}
+        write_config(tmp_path, video, source=elsewhere, counting={"lines": [moved]})
+        daemon.signals.reload = True
+        assert wait_until(lambda: daemon.cfg.counting.lines[0].name == "lane2", timeout=10)
+        assert daemon.pipeline.detector is detector  # same model file: not loaded again
+        assert daemon.cfg.source.path == str(video.images)  # the source only changes with a restart
+        assert "source changed; that takes effect after a restart" in caplog.text
+
+        write_config(tmp_path, video, source=loop, model={"path": str(tmp_path / "gone.onnx")})
+        daemon.signals.reload = True
+        assert wait_until(lambda: "reload rejected" in caplog.text, timeout=10)
+        assert "gone.onnx: model file not found" in caplog.text
+        assert daemon.cfg.counting.lines[0].name == "lane2" and daemon.pipeline.detector is detector
+        frames = daemon.frames
+        assert wait_until(lambda: daemon.frames >= frames + 60, timeout=30)  # still counting
+    lines = json.loads(counts_out.read_text())["lines"]
+    assert set(lines) == {"lane", "lane2"}  # the run's counts span the reload
+    assert total({"lane": lines["lane"]}) > 0 and total({"lane2": lines["lane2"]}) > 0
+
+
+# --- 7. user mistakes ------------------------------------------------------------------------------
+
+
+MISTAKES = {
+    "unknown-key": ({"bogus": 1}, "edge.yaml:"),
+    "missing-model": ({"model": {"path": "/nonexistent/model.onnx"}}, "model file not found"),
+    "corrupt-model": ({"model": {"path": "CORRUPT"}}, "not a valid ONNX model"),
+    "class-count": ({"model": {"path": str(DEMO_ONNX), "names": ["a", "b", "c"]}}, "names 3 classes"),
+    "missing-video": ({"source": {"type": "file", "path": "/nonexistent/video.mp4"}}, "video file not found"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_user_mistakes_are_one_line_and_exit_2(case, video, tmp_path, spawn):
+    sections, expected = MISTAKES[case]
+    if sections.get("model", {}).get("path") == "CORRUPT":
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(os.urandom(2048))
+        (tmp_path / "bad.json").write_text(DEMO_ONNX.with_suffix(".json").read_text())
+        sections = {"model": {"path": str(bad)}}
+    config = write_config(tmp_path, video, **sections)
+    daemon = spawn(config)
+    assert daemon.wait(60) == 2
+    err = daemon.stderr().strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and expected in err, err
+    assert not (tmp_path / "state" / "outbox.db").exists() or case == "missing-video"
+
+
+@pytest.mark.broker
+def test_a_camera_that_cannot_be_opened_keeps_the_daemon_running(
+    video, tmp_path, mosquitto, subscriber, spawn
+):
+    camera = {"type": "usb", "device": 99, "reconnect_initial_s": 0.2, "reconnect_max_s": 0.5}
+    daemon = spawn(write_config(tmp_path, video, mosquitto, source=camera))
+
+    def reconnecting() -> bool:
+        return any(s.get("source") == "reconnecting" for s in payloads(subscriber, "/status"))
+
+    assert wait_until(reconnecting, timeout=30), daemon.stderr()
+    time.sleep(1.0)
+    assert daemon.alive()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(10) == 0, daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
+
+
+# --- 8. commands over MQTT -------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_commands_get_replies_and_bad_ones_do_not_hurt(video, tmp_path, mosquitto, subscriber):
+    loop = {"type": "images", "path": str(video.images), "loop": True}
+    config = write_config(tmp_path, video, mosquitto, source=loop)
+    with daemon_thread(config):
+        assert wait_until(lambda: payloads(subscriber, "/counts"), timeout=30)
+        sent = [
+            ("reset", b'{"id": "r1"}', True),
+            ("reset", b'{"id": "r2", "line": "lane"}', True),
+            ("reset", b'{"id": "r3", "line": "no-such-line"}', False),
+            ("restocked", b'{"id": "x1", "product": "milk_carton"}', False),  # no depletion rule
+            ("reload", b"{}", True),
+            ("reset", b"{not json", False),
+            ("reset", b'{"id": "big", "pad": "' + b"x" * 5000 + b'"}', False),
+            ("explode", b"{}", False),
+        ]
+        for i, (name, payload, _) in enumerate(sent):
+            subscriber.publish(f"{BASE}/cmd/{name}", payload)
+            assert wait_until(lambda i=i: len(payloads(subscriber, "/cmd/result")) > i, timeout=15)
+        results = payloads(subscriber, "/cmd/result")
+        assert [(r["command"], r["ok"]) for r in results] == [(n, ok) for n, _, ok in sent]
+        assert [r["id"] for r in results[:5]] == ["r1", "r2", "r3", "x1", None]
+        assert "counts reset" in results[0]["message"]
+        assert "no-such-line" in results[2]["message"]
+        for r in results:
+            validate("command_result", r)
+        n = len(payloads(subscriber, "/counts"))
+        assert wait_until(lambda: len(payloads(subscriber, "/counts")) >= n + 2, timeout=10)  # still running
+
+
+# --- 9. restock alert -------------------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_depletion_alert_is_raised_by_sales_and_cleared_by_restocked(video, tmp_path, mosquitto, subscriber):
+    # The video sells two milk cartons (one is pulled back and sold again): stock 2, threshold 1.
+    rule = {"product": "milk_carton", "stock": 2, "threshold": 1, "line": "lane", "direction": "in"}
+    loop = {"type": "file", "path": str(video.path), "loop": True}
+    config = write_config(tmp_path, video, mosquitto, source=loop, alerts={"depletion": [rule]})
+    topic = f"{BASE}/alerts/restock/depletion/milk_carton"
+    with daemon_thread(config):
+        assert wait_until(lambda: subscriber.on(topic), timeout=30)
+        raised = subscriber.on(topic)[0].json()
+        assert (raised["state"], raised["estimate"], raised["threshold"]) == ("raised", 1, 1)
+        validate("alert", raised)
+        assert retained(mosquitto, topic)["state"] == "raised"
+
+        subscriber.publish(f"{BASE}/cmd/restocked", b'{"product": "milk_carton", "stock": 50, "id": "k"}')
+        assert wait_until(lambda: payloads(subscriber, "/cmd/result"), timeout=15)
+        assert payloads(subscriber, "/cmd/result")[0]["ok"] is True
+        assert wait_until(lambda: subscriber.on(topic)[-1].json()["state"] == "cleared", timeout=10)
+        cleared = subscriber.on(topic)[-1].json()
+        assert cleared["estimate"] == 50
+        validate("alert", cleared)
+        assert retained(mosquitto, topic)["state"] == "cleared"
