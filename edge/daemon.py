@@ -154,6 +154,8 @@ class Daemon:
         self.started = time.time()
         self.fps = 0.0
         self.frames = 0
+        self.first_frame_at: float | None = None  # monotonic times of the first and last frame (bench)
+        self.last_frame_at: float | None = None
         self.source: Source | None = None
         self.publisher: Publisher | None = None
         self._commands: queue.Queue[tuple[Command, Future[str]]] = queue.Queue()
@@ -175,7 +177,7 @@ class Daemon:
         self.model, self.pipeline = self._load_model(self.cfg)
         self._defer("detector", lambda: self.pipeline.detector.close())
         self._open_state()
-        self.source = open_source(self.cfg.source)
+        self.source = open_source(self.cfg.source, base_dir=self.config_path.parent)
         self._defer("source", self.source.close)
         self._open_outputs(self.source.fps or 15.0)
         self._serve_metrics()
@@ -328,7 +330,9 @@ class Daemon:
                 self.notifier.status(f"source {self.source.state}; no frames")
             else:
                 self._handle(frame, (time.perf_counter() - t0) * 1000)
-                self._frame_times.append(time.monotonic())
+                self.last_frame_at = time.monotonic()
+                self.first_frame_at = self.first_frame_at or self.last_frame_at
+                self._frame_times.append(self.last_frame_at)
                 self.notifier.frame_flowed()
             self._periodic(time.monotonic())
 
@@ -393,7 +397,12 @@ class Daemon:
 
     def _publish_crossing(self, c: Crossing) -> None:
         self.metrics.crossings.labels(c.line, self._name(int(c.class_id)), c.direction).inc()
-        self._publish("events/crossing", crossing_message(c, self.model.names))
+        message = crossing_message(c, self.model.names)
+        if self.source is not None and not self.source.live:
+            # Recordings stamp frames with media time; the event carries both clocks.
+            message["media_time_s"] = message["timestamp"]
+            message["timestamp"] = time.time()
+        self._publish("events/crossing", message)
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:
