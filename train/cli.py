@@ -60,7 +60,7 @@ def synth(
     images: Annotated[int, typer.Option(min=1, help="Number of images.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed; image i depends only on (seed, i).")] = 0,
     negatives: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of product-free images.")] = 0.08,
-    jobs: Annotated[int, typer.Option(min=1, help="Rendering processes (the output does not depend on it).")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, help="Rendering processes (output does not depend on it).")] = 1,
 ) -> None:
     """Render a synthetic grocery dataset (images, YOLO labels, data.yaml)."""
     from train.synth import write_dataset
