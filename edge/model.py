@@ -26,7 +26,7 @@ from typing import Any
 from edge.config import ModelConfig
 from edge.errors import ModelError
 
-__all__ = ["DEFAULT_MODEL", "ModelInfo", "load_model_info", "split_engine_header"]
+__all__ = ["DEFAULT_MODEL", "ModelInfo", "file_sha256", "load_model_info", "split_engine_header"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
 
@@ -78,7 +78,7 @@ def load_model_info(cfg: ModelConfig, base_dir: str | Path | None = None) -> Mod
     meta = _read_json_meta(meta_path) if meta_path.is_file() else _embedded_meta(path)
     names = _parse_names(cfg.names if cfg.names is not None else meta.get("names"), path)
     imgsz = _parse_imgsz(cfg.imgsz if cfg.imgsz is not None else meta.get("imgsz"), path)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     version = str(meta.get("version") or digest[:12])
     return ModelInfo(path=path, names=names, imgsz=imgsz, version=version, sha256=digest)
 
@@ -201,7 +201,8 @@ def _parse_imgsz(raw: Any, path: Path) -> int:
     return int(sizes[0])
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (models are tens of MB)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -7,7 +7,6 @@ issue; until then the JSON next to the ONNX file is the model's contract with ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -18,20 +17,13 @@ from typing import Annotated
 import typer
 
 from edge.errors import LanecountError
+from edge.model import file_sha256
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 class ExportError(LanecountError):
     """An export input is missing or unusable."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(weights: Path, out: Path, imgsz: int, version: str | None = None, opset: int = 12) -> Path:
@@ -52,7 +44,7 @@ def export_onnx(weights: Path, out: Path, imgsz: int, version: str | None = None
         "imgsz": imgsz,
         "names": [names[i] for i in sorted(names)],
         "source_weights": weights.name,
-        "sha256": _sha256(out),
+        "sha256": file_sha256(out),
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
