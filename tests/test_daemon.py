@@ -637,3 +637,35 @@ def test_depletion_alert_is_raised_by_sales_and_cleared_by_restocked(video, tmp_
         assert cleared["estimate"] == 50
         validate("alert", cleared)
         assert retained(mosquitto, topic)["state"] == "cleared"
+
+
+# --- 10. Prometheus metrics ----------------------------------------------------------------------------
+
+
+def test_metrics_endpoint_reports_the_running_pipeline(video, tmp_path, spawn):
+    import urllib.request
+
+    from broker import free_port
+
+    port = free_port()
+    config = write_config(
+        tmp_path, video, source={"type": "file", "path": str(video.path), "loop": True}, metrics_port=port
+    )
+    daemon = spawn(config)
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+    assert wait_until(lambda: "lanecount_crossings_total{" in scrape(), timeout=40), daemon.stderr()
+    text = scrape()
+    for stage in ("decode", "preprocess", "inference", "postprocess", "tracking", "counting", "publishing"):
+        assert f'lanecount_stage_seconds_count{{stage="{stage}"}}' in text
+    samples = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
+    assert samples["lanecount_frames_total"] > 0
+    assert "lanecount_outbox_depth" in samples and "lanecount_source_reconnects" in samples
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0, daemon.stderr()
