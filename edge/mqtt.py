@@ -322,7 +322,8 @@ class Publisher:
         self._connected = False
         self._events.put(("down", 0))
         if was:
-            log.warning("MQTT disconnected (%s); %d messages in the outbox", reason, self.outbox.depth())
+            level = logging.INFO if self._quit.is_set() else logging.WARNING  # our own clean stop
+            log.log(level, "MQTT disconnected (%s); %d messages in the outbox", reason, self.outbox.depth())
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._events.put(("ack", mid))
