@@ -13,6 +13,7 @@ not skip the rest.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import queue
@@ -43,7 +44,7 @@ from edge.mqtt import Publisher, crossing_message
 from edge.notify import Notifier
 from edge.outbox import Outbox
 from edge.replay import counts_document
-from edge.sources import Frame, Source, open_source
+from edge.sources import Frame, ReadAhead, Source, open_source
 from edge.store import CountStore
 from edge.tracking import ProductTracker
 
@@ -81,7 +82,7 @@ class Pipeline:
 
     def process(self, frame: Frame) -> FrameResult:
         """Run one frame through detection, tracking and counting."""
-        dets = self.detector.detect(frame.image)
+        dets = self.detector.detect(frame.image, frame.prepared)
         timings = dict(self.detector.timings)
         t0 = time.perf_counter()
         tracked = self.tracker.update(dets, frame.index)
@@ -179,6 +180,9 @@ class Daemon:
         self._open_state()
         self.source = open_source(self.cfg.source, base_dir=self.config_path.parent)
         self._defer("source", self.source.close)
+        if isinstance(self.source, ReadAhead):
+            # Letterbox in the reader thread, so it overlaps the previous frame's inference.
+            self.source.transform = self._prepare_ahead
         self._open_outputs(self.source.fps or 15.0)
         self._serve_metrics()
         self._start_publisher()
@@ -192,6 +196,9 @@ class Daemon:
             len(self.cfg.counting.lines),
             "on" if self.publisher else "off",
         )
+
+    def _prepare_ahead(self, frame: Frame) -> Frame:
+        return dataclasses.replace(frame, prepared=self.pipeline.detector.prepare(frame.image))
 
     def _load_model(self, cfg: EdgeConfig, info: ModelInfo | None = None) -> tuple[ModelInfo, Pipeline]:
         assert cfg.model is not None

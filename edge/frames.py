@@ -35,6 +35,7 @@ class Frame:
     image: npt.NDArray[np.uint8]
     index: int
     timestamp: float
+    prepared: Any = None  # detector pre-processing done ahead, in the reader thread (see ReadAhead)
 
 
 class Capture(Protocol):

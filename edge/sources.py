@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -179,13 +180,17 @@ class ReadAhead(Source):
     small and bounded, so memory stays flat and a slow pipeline simply makes the reader wait.
     """
 
-    def __init__(self, inner: Source, depth: int = 4) -> None:
-        """Start reading ``inner`` ahead, at most ``depth`` frames."""
+    def __init__(
+        self, inner: Source, depth: int = 4, transform: Callable[[Frame], Frame] | None = None
+    ) -> None:
+        """Start reading ``inner`` ahead, at most ``depth`` frames, applying ``transform`` to each."""
         self.inner = inner
         self.fps = inner.fps
         self.live = inner.live
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
         self._failure: str | None = None
+        # Set by the daemon: work to do on each frame in this thread (the detector's letterbox).
+        self.transform = transform
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
         self._thread.start()
@@ -198,8 +203,17 @@ class ReadAhead(Source):
                 log.error("%s: read failed: %s", getattr(self.inner, "path", "source"), exc)
                 self._failure = str(exc)
                 frame = None
+            if frame is not None and self.transform is not None:
+                frame = self._transformed(frame)
             if not self._put(frame) or frame is None:
                 return
+
+    def _transformed(self, frame: Frame) -> Frame:
+        try:
+            return self.transform(frame) if self.transform is not None else frame
+        except Exception as exc:  # the consumer redoes the work; reading must go on
+            log.warning("read-ahead transform failed on frame %d: %s", frame.index, exc)
+            return frame
 
     def _put(self, item: Frame | None) -> bool:
         while not self._stop.is_set():

@@ -476,3 +476,19 @@ def test_tensorrt_backend_cuda_path(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     with det:  # a GPU: real buffers, the fake engine writes nothing, so the zero output decodes to nothing
         assert len(det.detect(np.zeros((120, 160, 3), np.uint8))) == 0
         assert det.timings["inference"] > 0
+
+
+def test_prepared_ahead_gives_the_same_detections(demo_model: Path) -> None:
+    from edge.backends.base import Prepared
+
+    det = create_detector(BackendConfig(device="cpu"), load_model_info(ModelConfig(path=str(demo_model))))
+    frame = (np.random.default_rng(3).random((480, 640, 3)) * 255).astype(np.uint8)
+    direct = det.detect(frame)
+    ahead = det.prepare(frame)
+    assert isinstance(ahead, Prepared) and ahead.imgsz == 320
+    same = det.detect(frame, ahead)
+    assert np.array_equal(direct.xyxy, same.xyxy) and np.array_equal(direct.class_id, same.class_id)
+    assert det.timings["preprocess"] == ahead.ms
+    stale = Prepared(np.zeros((1, 3, 64, 64), np.float32), ahead.info, 64, 0.0)  # from a swapped-out model
+    again = det.detect(frame, stale)
+    assert np.array_equal(direct.xyxy, again.xyxy) and det.timings["preprocess"] != 0.0

@@ -8,6 +8,7 @@ backoff, stall detection, newest-frame-only hand-over) is the real code with tin
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,17 @@ import pytest
 
 from edge.config import SourceConfig
 from edge.errors import SourceError
-from edge.sources import FileSource, LiveSource, Source, backoff_delays, csi_pipeline, open_source
+from edge.sources import (
+    FileSource,
+    Frame,
+    ImageFolderSource,
+    LiveSource,
+    ReadAhead,
+    Source,
+    backoff_delays,
+    csi_pipeline,
+    open_source,
+)
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
@@ -329,3 +340,19 @@ def test_sources_are_sources(synth_video: Path) -> None:
     assert isinstance(src, Source)
     src.close()
     assert src.read() is None
+
+
+def test_read_ahead_applies_the_transform_in_order_and_survives_its_failure(tmp_path: Path) -> None:
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((4, 4, 3), i, np.uint8))
+    assert isinstance(open_source(SourceConfig(type="images", path=str(tmp_path))), ReadAhead)
+
+    def mark(frame: Frame) -> Frame:
+        if frame.index == 2:
+            raise RuntimeError("boom")
+        return dataclasses.replace(frame, prepared=frame.index * 10)
+
+    src = ReadAhead(ImageFolderSource(tmp_path), depth=2, transform=mark)
+    frames = list(src)
+    assert [f.index for f in frames] == list(range(6))
+    assert [f.prepared for f in frames] == [0, 10, None, 30, 40, 50]  # a failed transform passes the frame on

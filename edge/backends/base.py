@@ -12,7 +12,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,11 +23,21 @@ from edge.config import BackendConfig
 from edge.detections import Detections
 from edge.errors import InferenceError, LanecountError
 from edge.model import ModelInfo
-from edge.yolo import decode, letterbox, scale_boxes
+from edge.yolo import LetterboxInfo, decode, letterbox, scale_boxes
 
-__all__ = ["TIMING_KEYS", "Detector", "YoloDetector", "map_inference_errors"]
+__all__ = ["TIMING_KEYS", "Detector", "Prepared", "YoloDetector", "map_inference_errors"]
 
 TIMING_KEYS = ("preprocess", "inference", "postprocess")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame letterboxed ahead of inference, and how long that took (ms)."""
+
+    blob: npt.NDArray[np.float32]
+    info: LetterboxInfo
+    imgsz: int
+    ms: float
 
 
 class Detector(ABC):
@@ -45,8 +57,15 @@ class Detector(ABC):
     names: tuple[str, ...]
     timings: dict[str, float]
 
+    def prepare(self, frame: npt.NDArray[np.uint8]) -> Any:
+        """Pre-processing that may run ahead, in another thread; ``None`` when the backend has none.
+
+        Its result goes back in through :meth:`detect`'s ``prepared``; it must not touch the runtime.
+        """
+        return None
+
     @abstractmethod
-    def detect(self, frame: npt.NDArray[np.uint8]) -> Detections:
+    def detect(self, frame: npt.NDArray[np.uint8], prepared: Any = None) -> Detections:
         """Detect products in one BGR frame; boxes are in frame pixels.
 
         Raises:
@@ -108,10 +127,17 @@ class YoloDetector(Detector):
     def _infer(self, blob: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Run the network on a letterboxed blob; return its raw ``(1, 4 + nc, A)`` output."""
 
-    def detect(self, frame: npt.NDArray[np.uint8]) -> Detections:
-        """Letterbox, infer, decode and scale back to frame pixels (see :class:`Detector`)."""
+    def prepare(self, frame: npt.NDArray[np.uint8]) -> Prepared:
+        """Letterbox ``frame`` (pure numpy/OpenCV: safe in a reader thread)."""
         t0 = time.perf_counter()
         blob, info = letterbox(frame, self.model.imgsz)
+        return Prepared(blob, info, self.model.imgsz, (time.perf_counter() - t0) * 1e3)
+
+    def detect(self, frame: npt.NDArray[np.uint8], prepared: Any = None) -> Detections:
+        """Letterbox (unless ``prepared`` ahead), infer, decode, scale back to frame pixels."""
+        if not isinstance(prepared, Prepared) or prepared.imgsz != self.model.imgsz:
+            prepared = self.prepare(frame)  # none ahead, or made for a model swapped out since
+        blob, info = prepared.blob, prepared.info
         t1 = time.perf_counter()
         with map_inference_errors(self.backend_name):
             raw = self._infer(blob)
@@ -123,7 +149,7 @@ class YoloDetector(Detector):
         dets = scale_boxes(dets, info, frame.shape)
         t3 = time.perf_counter()
         self.timings = {
-            "preprocess": (t1 - t0) * 1e3,
+            "preprocess": prepared.ms,
             "inference": (t2 - t1) * 1e3,
             "postprocess": (t3 - t2) * 1e3,
         }

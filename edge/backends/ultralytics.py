@@ -50,7 +50,7 @@ class UltralyticsDetector(Detector):
             )
         self._device = {"cpu": "cpu", "cuda": "0", "auto": None}[cfg.device]
 
-    def detect(self, frame: npt.NDArray[np.uint8]) -> Detections:
+    def detect(self, frame: npt.NDArray[np.uint8], prepared: Any = None) -> Detections:
         """Run ``YOLO.predict`` on one BGR frame (see :class:`Detector`)."""
         c = self.cfg
         with map_inference_errors("ultralytics"):
