@@ -24,7 +24,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -32,10 +31,9 @@ from typing import Any, TextIO
 from edge.alerts import Alert, AlertEngine
 from edge.annotate import Annotator, draw
 from edge.backends import create_detector
-from edge.backends.base import Detector
 from edge.commands import Command, ResetCommand, RestockedCommand
 from edge.config import EdgeConfig, load_config, require_for_run
-from edge.counting import Crossing, LineCounter
+from edge.counting import Crossing
 from edge.errors import CommandError, ConfigError, InferenceError, LanecountError
 from edge.metrics import Metrics
 from edge.model import ModelInfo, load_model_info
@@ -43,10 +41,10 @@ from edge.mot import TrackWriter
 from edge.mqtt import Publisher, crossing_message
 from edge.notify import Notifier
 from edge.outbox import Outbox
+from edge.pipeline import FrameResult, Pipeline
 from edge.replay import counts_document
 from edge.sources import Frame, ReadAhead, Source, open_source
 from edge.store import CountStore
-from edge.tracking import ProductTracker
 
 log = logging.getLogger("lanecount")
 
@@ -58,41 +56,6 @@ _FPS_WINDOW_S = 2.0
 _RESTART_ONLY = ("site", "device", "state_dir", "source", "outbox", "output", "metrics_port")
 
 LineCounts = dict[str, dict[str, dict[str, int]]]
-
-
-@dataclass
-class FrameResult:
-    """What one frame produced, with per-stage milliseconds."""
-
-    tracked: Any
-    crossings: list[Crossing]
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-class Pipeline:
-    """Detector → tracker → counter for one frame at a time; no I/O, so bench and tests reuse it."""
-
-    def __init__(self, cfg: EdgeConfig, detector: Detector, names: tuple[str, ...]) -> None:
-        """Build tracker and counter from ``cfg``; ``names`` are the model's class names."""
-        self.cfg = cfg
-        self.detector = detector
-        self.names = names
-        self.tracker = ProductTracker(cfg.tracking)
-        self.counter = LineCounter(cfg.counting, names)
-
-    def process(self, frame: Frame) -> FrameResult:
-        """Run one frame through detection, tracking and counting."""
-        dets = self.detector.detect(frame.image, frame.prepared)
-        timings = dict(self.detector.timings)
-        t0 = time.perf_counter()
-        tracked = self.tracker.update(dets, frame.index)
-        t1 = time.perf_counter()
-        crossings = self.counter.update(tracked, frame.index, frame.timestamp)
-        self.counter.prune(self.tracker.alive_ids())
-        t2 = time.perf_counter()
-        timings["tracking"] = (t1 - t0) * 1000
-        timings["counting"] = (t2 - t1) * 1000
-        return FrameResult(tracked, crossings, timings)
 
 
 class _Signals:
