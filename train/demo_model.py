@@ -23,7 +23,7 @@ MODELS = Path(__file__).resolve().parent.parent / "edge" / "models"
 def main(argv: list[str] | None = None) -> None:
     """Render the dataset, train, evaluate on the test split and export to ONNX."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--images", type=int, default=1500)
+    p.add_argument("--images", type=int, default=3000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--hours", type=float, default=1.6, help="wall-clock budget; overrides --epochs")
