@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
 from edge.alerts import AlertEngine, points_in_polygon
 from edge.config import AlertsConfig
+from edge.counting import Crossing, Direction
 from edge.detections import Detections
 from edge.errors import CommandError, ConfigError
 from edge.store import CountStore
@@ -16,19 +15,7 @@ from edge.store import CountStore
 NAMES = ["milk", "bread", "eggs"]
 
 
-@dataclass(frozen=True)
-class Crossing:
-    """Stand-in with the fields of edge.counting.Crossing that the engine reads."""
-
-    line: str
-    track_id: int
-    class_id: int
-    direction: str
-    frame: int = 0
-    timestamp: float = 0.0
-
-
-def sale(cls: int = 0, line: str = "exit", direction: str = "in", t: float = 0.0) -> Crossing:
+def sale(cls: int = 0, line: str = "exit", direction: Direction = "in", t: float = 0.0) -> Crossing:
     return Crossing(line, 1, cls, direction, 0, t)
 
 

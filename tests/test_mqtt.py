@@ -8,31 +8,19 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 
 import pytest
 from broker import Subscriber, validate, wait_until
 
 from edge.commands import ReloadCommand, ResetCommand, RestockedCommand, parse_command, result_payload
 from edge.config import MqttConfig
+from edge.counting import Crossing
 from edge.errors import CommandError, PublishError
 from edge.mqtt import Publisher, crossing_message, resolve_password
 from edge.outbox import Outbox
 
 NAMES = ["milk", "bread"]
 BASE = "lanecount/s1/lane2"
-
-
-@dataclass(frozen=True)
-class Crossing:
-    """Stand-in with the fields of edge.counting.Crossing."""
-
-    line: str
-    track_id: int
-    class_id: int
-    direction: str
-    frame: int
-    timestamp: float
 
 
 # --- commands (no broker) ---------------------------------------------------------------------

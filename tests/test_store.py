@@ -4,35 +4,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 
+from edge.counting import Crossing, Direction
 from edge.store import CountStore
 
 NAMES = ["milk", "bread", "eggs"]
 
 
-@dataclass(frozen=True)
-class Crossing:
-    """Stand-in with the fields of edge.counting.Crossing that the store reads."""
-
-    line: str
-    track_id: int
-    class_id: int
-    direction: str
-    frame: int = 0
-    timestamp: float = 0.0
+def cross(line: str, track_id: int, class_id: int, direction: Direction) -> Crossing:
+    return Crossing(line, track_id, class_id, direction, 0, 0.0)
 
 
 def test_totals_by_line_direction_class(tmp_path):
     store = CountStore(tmp_path / "s.db", now=100.0)
     n = store.add(
         [
-            Crossing("entry", 1, 0, "in"),
-            Crossing("entry", 2, 0, "in"),
-            Crossing("entry", 3, 1, "out"),
-            Crossing("exit", 4, 7, "in"),  # id beyond the names
+            cross("entry", 1, 0, "in"),
+            cross("entry", 2, 0, "in"),
+            cross("entry", 3, 1, "out"),
+            cross("exit", 4, 7, "in"),  # id beyond the names
         ],
         NAMES,
     )
@@ -46,11 +38,11 @@ def test_totals_by_line_direction_class(tmp_path):
 
 def test_interval_is_taken_and_restarts(tmp_path):
     store = CountStore(tmp_path / "s.db", now=100.0)
-    store.add([Crossing("a", 1, 0, "in")], NAMES)
+    store.add([cross("a", 1, 0, "in")], NAMES)
     first = store.take_interval(now=110.0)
     assert (first.start, first.end) == (100.0, 110.0)
     assert first.counts == {"a": {"in": {"milk": 1}, "out": {}}}
-    store.add([Crossing("a", 2, 2, "out"), Crossing("a", 3, 2, "out")], NAMES)
+    store.add([cross("a", 2, 2, "out"), cross("a", 3, 2, "out")], NAMES)
     second = store.take_interval(now=120.0)
     assert (second.start, second.end) == (110.0, 120.0)
     assert second.counts == {"a": {"in": {}, "out": {"eggs": 2}}}
@@ -60,7 +52,7 @@ def test_interval_is_taken_and_restarts(tmp_path):
 
 def test_counts_message_shape(tmp_path):
     store = CountStore(tmp_path / "s.db", now=5.0)
-    store.add([Crossing("a", 1, 1, "in")], NAMES)
+    store.add([cross("a", 1, 1, "in")], NAMES)
     msg = store.counts_message(now=15.0)
     assert msg == {
         "timestamp": 15.0,
@@ -73,7 +65,7 @@ def test_counts_message_shape(tmp_path):
 
 def test_reset_one_line_or_all(tmp_path):
     store = CountStore(tmp_path / "s.db")
-    store.add([Crossing("a", 1, 0, "in"), Crossing("b", 2, 1, "out"), Crossing("b", 3, 0, "out")], NAMES)
+    store.add([cross("a", 1, 0, "in"), cross("b", 2, 1, "out"), cross("b", 3, 0, "out")], NAMES)
     assert store.reset("b") == 2
     assert store.totals() == {"a": {"in": {"milk": 1}, "out": {}}}
     assert store.interval() == {"a": {"in": {"milk": 1}, "out": {}}}
@@ -84,10 +76,10 @@ def test_reset_one_line_or_all(tmp_path):
 def test_counts_and_state_survive_reopen(tmp_path):
     path = tmp_path / "s.db"
     with CountStore(path, now=1.0) as store:
-        store.add([Crossing("a", 1, 0, "in")], NAMES)
+        store.add([cross("a", 1, 0, "in")], NAMES)
         store.set_state("alert:x", {"raised": True, "estimate": 3})
     with CountStore(path, now=999.0) as store:
-        store.add([Crossing("a", 2, 0, "in")], NAMES)
+        store.add([cross("a", 2, 0, "in")], NAMES)
         assert store.totals() == {"a": {"in": {"milk": 2}, "out": {}}}
         assert store.get_state("alert:x") == {"raised": True, "estimate": 3}
         assert store.get_state("missing") is None
@@ -116,5 +108,5 @@ def test_failed_batch_leaves_nothing(tmp_path):
         line, track_id, class_id, direction, timestamp = "a", 1, "not-an-int", "in", 0.0
 
     with pytest.raises(ValueError):
-        store.add([Crossing("a", 1, 0, "in"), Bad()], NAMES)
+        store.add([cross("a", 1, 0, "in"), Bad()], NAMES)
     assert store.totals() == {}
