@@ -31,6 +31,7 @@ __all__ = [
     "locate",
     "resolve",
     "validate_yaml",
+    "write_data_yaml",
     "write_fixed",
 ]
 
@@ -302,3 +303,22 @@ def validate_yaml(data_yaml: Path) -> list[str]:
                 broken.append(f"{where}: {split}: {entry!r} not found from {base}")
     hint = " (lanecount-train check repairs it)" if not layout.problems else ""
     return layout.problems + [f"{b}{hint}" for b in broken]
+
+
+def write_data_yaml(out: Path, names: list[str] | tuple[str, ...]) -> Path:
+    """Create the standard ``images/{split}`` + ``labels/{split}`` folders and their ``data.yaml``.
+
+    Every listed split exists, even when empty, so Ultralytics accepts the file as written.
+    """
+    for s in SPLITS:
+        (out / "images" / s).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / s).mkdir(parents=True, exist_ok=True)
+    data = {
+        "path": str(out.resolve()),
+        **{s: f"images/{s}" for s in SPLITS},
+        "nc": len(names),
+        "names": dict(enumerate(names)),
+    }
+    path = out / "data.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path

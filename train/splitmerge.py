@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from train.labels import Box, label_path, read_labels
-from train.layout import SPLITS, DatasetError, list_images, load_layout, locate, resolve
+from train.layout import SPLITS, DatasetError, list_images, load_layout, locate, resolve, write_data_yaml
 
 __all__ = ["MergeResult", "SplitResult", "merge", "split"]
 
@@ -95,22 +94,6 @@ def _fresh_out(out: Path) -> Path:
     return out
 
 
-def _write_yaml(out: Path, names: list[str]) -> Path:
-    for s in SPLITS:  # every listed split must exist, even when empty
-        (out / "images" / s).mkdir(parents=True, exist_ok=True)
-        (out / "labels" / s).mkdir(parents=True, exist_ok=True)
-    data = {
-        "path": str(out.resolve()),
-        "train": "images/train",
-        "val": "images/val",
-        "test": "images/test",
-        "nc": len(names),
-        "names": dict(enumerate(names)),
-    }
-    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return out / "data.yaml"
-
-
 @dataclass
 class SplitResult:
     """Output of :func:`split`: its data.yaml, images and instances per class per split."""
@@ -183,7 +166,7 @@ def split(
         result.images[split_name] = len(chosen)
         result.instances[split_name] = {n: per_class[n] for n in names}
         result.negatives[split_name] = sum(1 for it in chosen if it.label is not None and not it.boxes)
-    _write_yaml(out, names)
+    write_data_yaml(out, names)
     return result
 
 
@@ -266,5 +249,5 @@ def merge(sources: list[Path], out: Path, link: bool = False) -> MergeResult:
             text = "".join(f"{b.to_line(mapping[b.class_id])}\n" for b in parsed.boxes)
             (out / "labels" / item.split).mkdir(parents=True, exist_ok=True)
             (out / "labels" / item.split / Path(name).with_suffix(".txt")).write_text(text)
-    _write_yaml(out, names)
+    write_data_yaml(out, names)
     return result

@@ -20,7 +20,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import yaml
+
+from train.layout import write_data_yaml
 
 __all__ = [
     "CLASSES",
@@ -413,9 +414,7 @@ def write_dataset(
     """
     out = Path(out)
     split_of = list(_splits(images, fractions))
-    for split in ("train", "val", "test"):
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+    data_yaml = write_data_yaml(out, CLASSES)
     work = [(out, seed, i, negatives, split_of[i]) for i in range(images)]
     counts = [0] * len(CLASSES)
     with _pool(jobs) as pool:
@@ -429,16 +428,6 @@ def write_dataset(
         for class_ids in results:
             for c in class_ids:
                 counts[c] += 1
-    data_yaml = out / "data.yaml"
-    data = {
-        "path": str(out.resolve()),
-        "train": "images/train",
-        "val": "images/val",
-        "test": "images/test",
-        "nc": len(CLASSES),
-        "names": dict(enumerate(CLASSES)),
-    }
-    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
     meta = {
         "generator": "lanecount synth",
         "seed": seed,
