@@ -136,11 +136,14 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     return tuple(kinds)
 
 
-def main() -> None:
-    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+def run_cli(cli: typer.Typer) -> None:
+    """Run a typer app as a console script: user mistakes become one line on stderr and exit code 2.
+
+    Shared by ``lanecount-edge`` and ``lanecount-export``.
+    """
     try:
         # Without standalone mode click returns a command's typer.Exit code instead of exiting.
-        rc = app(standalone_mode=False)
+        rc = cli(standalone_mode=False)
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
@@ -162,6 +165,11 @@ def main() -> None:
             sys.exit(int(getattr(exc, "exit_code", 2)))
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def main() -> None:
+    """Console entry point of ``lanecount-edge``."""
+    run_cli(app)
 
 
 if __name__ == "__main__":

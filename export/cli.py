@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from edge.cli import run_cli
 from edge.errors import LanecountError
 from edge.model import file_sha256
 
@@ -76,20 +76,7 @@ def version() -> None:
 
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
-    try:
-        app(standalone_mode=False)
-    except LanecountError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    run_cli(app)
 
 
 if __name__ == "__main__":

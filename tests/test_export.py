@@ -24,6 +24,11 @@ def test_missing_weights_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "weights file not found" in res.stderr
 
 
+def test_usage_error_is_a_message_not_a_traceback() -> None:
+    res = subprocess.run([sys.executable, "-m", "export.cli", "onnx"], capture_output=True, text=True)
+    assert res.returncode == 2 and "Missing argument" in res.stderr and "Traceback" not in res.stderr
+
+
 @pytest.mark.slow
 def test_exported_model_loads_in_the_edge_runtime(tmp_path: Path) -> None:
     from ultralytics import YOLO
