@@ -19,6 +19,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.demo import free_port
+
 MOSQUITTO = "/usr/sbin/mosquitto"
 SCHEMAS = Path(__file__).resolve().parent.parent / "edge" / "schemas"
 
@@ -28,12 +30,6 @@ def mosquitto_binary() -> str | None:
     if Path(MOSQUITTO).exists():
         return MOSQUITTO
     return shutil.which("mosquitto")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> bool:
