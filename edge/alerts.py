@@ -26,46 +26,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-import numpy.typing as npt
-
 from edge.config import AlertsConfig, DepletionRule, OccupancyRule
 from edge.detections import Detections
 from edge.errors import CommandError, ConfigError
+from edge.geometry import point_in_polygon
 from edge.store import CountStore, CrossingLike, class_name
 
-__all__ = ["Alert", "AlertEngine", "points_in_polygon"]
+__all__ = ["Alert", "AlertEngine"]
 
 AlertKind = Literal["depletion", "occupancy"]
 AlertState = Literal["raised", "cleared"]
-
-
-def points_in_polygon(points: npt.ArrayLike, polygon: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-    """Even-odd (ray casting) test of many points against one polygon, vectorised.
-
-    Args:
-        points: ``(n, 2)`` x, y.
-        polygon: ``(m, 2)`` vertices, m >= 3, in order (closing edge implied).
-
-    Returns:
-        ``(n,)`` bool; points exactly on an edge may fall either way.
-
-    Example:
-        >>> points_in_polygon([[1, 1], [5, 5]], [[0, 0], [2, 0], [2, 2], [0, 2]]).tolist()
-        [True, False]
-    """
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    poly = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-    if len(poly) < 3:
-        raise ValueError(f"polygon needs at least 3 vertices, got {len(poly)}")
-    x, y = pts[:, :1], pts[:, 1:]
-    x1, y1 = poly[:, 0], poly[:, 1]
-    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
-    spans = (y1 > y) != (y2 > y)  # (n, m): edges that straddle the ray's height
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-    hits = spans & (x < x_cross)
-    return np.asarray(hits.sum(axis=1) % 2 == 1)
 
 
 def _topic_safe(name: str) -> str:
@@ -235,7 +205,7 @@ class AlertEngine:
         mine = tracked[tracked.class_id == cls]
         if len(mine) == 0:
             return 0
-        return int(points_in_polygon(mine.anchors("bottom_center"), rule.zone).sum())
+        return int(point_in_polygon(mine.anchors("bottom_center"), rule.zone).sum())
 
     def on_frame(self, tracked: Detections, t: float) -> list[Alert]:
         """Update the occupancy rules with one frame at time ``t`` (seconds); return state changes."""

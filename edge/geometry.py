@@ -158,7 +158,7 @@ def point_in_polygon(points: npt.ArrayLike, polygon: npt.ArrayLike) -> BoolArray
     p = _points(points)
     poly = np.asarray(polygon, dtype=np.float64)
     if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
-        raise ValueError(f"polygon: expected (m >= 3, 2) vertices, got shape {poly.shape}")
+        raise ValueError(f"polygon: expected at least 3 vertices as (m, 2), got shape {poly.shape}")
     a = poly[None, :, :]  # (1, m, 2) edge starts
     b = np.roll(poly, -1, axis=0)[None, :, :]  # edge ends
     px, py = p[:, None, 0], p[:, None, 1]  # (n, 1)

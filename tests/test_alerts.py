@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.alerts import AlertEngine, points_in_polygon
+from edge.alerts import AlertEngine
 from edge.config import AlertsConfig
 from edge.counting import Crossing, Direction
 from edge.detections import Detections
 from edge.errors import CommandError, ConfigError
+from edge.geometry import point_in_polygon
 from edge.store import CountStore
 
 NAMES = ["milk", "bread", "eggs"]
@@ -176,7 +177,7 @@ def test_points_in_polygon_concave():
     # an L shape: the notch (15, 15) is outside
     poly = [(0, 0), (20, 0), (20, 10), (10, 10), (10, 20), (0, 20)]
     pts = [(5, 5), (15, 5), (5, 15), (15, 15), (-1, 5), (25, 5), (1e9, 1e9)]
-    assert points_in_polygon(pts, poly).tolist() == [True, True, True, False, False, False, False]
-    assert points_in_polygon(np.zeros((0, 2)), poly).shape == (0,)
+    assert point_in_polygon(pts, poly).tolist() == [True, True, True, False, False, False, False]
+    assert point_in_polygon(np.zeros((0, 2)), poly).shape == (0,)
     with pytest.raises(ValueError, match="at least 3 vertices"):
-        points_in_polygon(pts, [(0, 0), (1, 1)])
+        point_in_polygon(pts, [(0, 0), (1, 1)])
