@@ -203,17 +203,14 @@ class ReadAhead(Source):
                 log.error("%s: read failed: %s", getattr(self.inner, "path", "source"), exc)
                 self._failure = str(exc)
                 frame = None
-            if frame is not None and self.transform is not None:
-                frame = self._transformed(frame)
+            transform = self.transform  # read once: the daemon may set it while we run
+            if frame is not None and transform is not None:
+                try:
+                    frame = transform(frame)
+                except Exception as exc:  # the consumer redoes the work; reading must go on
+                    log.warning("read-ahead transform failed on frame %d: %s", frame.index, exc)
             if not self._put(frame) or frame is None:
                 return
-
-    def _transformed(self, frame: Frame) -> Frame:
-        try:
-            return self.transform(frame) if self.transform is not None else frame
-        except Exception as exc:  # the consumer redoes the work; reading must go on
-            log.warning("read-ahead transform failed on frame %d: %s", frame.index, exc)
-            return frame
 
     def _put(self, item: Frame | None) -> bool:
         while not self._stop.is_set():

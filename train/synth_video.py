@@ -132,7 +132,7 @@ def plan(frames: int, rng: np.random.Generator) -> list[Product]:
         products.append(p)
         if kind == "pair":  # a partner riding alongside, across the belt
             q = _new_product(len(products) + 1, "normal", rng)
-            q.start, q.xs = p.start, np.clip(p.xs + float(rng.uniform(-8, 8)), -1e9, 1e9)
+            q.start, q.xs = p.start, p.xs + float(rng.uniform(-8, 8))
             gap = float(rng.uniform(4, 14))
             below = p.cy + (p.sprite.shape[0] + q.sprite.shape[0]) / 2 + gap
             above = p.cy - (p.sprite.shape[0] + q.sprite.shape[0]) / 2 - gap
