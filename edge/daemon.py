@@ -357,17 +357,13 @@ class Daemon:
         current = counts_document(self.pipeline.counter.totals, list(self.model.names))["lines"]
         return _merge_counts(self._carried, current)
 
-    def _name(self, class_id: int) -> str:
-        names = self.model.names
-        return names[class_id] if 0 <= class_id < len(names) else str(class_id)
-
     def _publish(self, kind: str, payload: dict[str, Any], retain: bool = False) -> None:
         if self.publisher is not None:
             self.publisher.publish(kind, payload, retain=retain)
 
     def _publish_crossing(self, c: Crossing) -> None:
-        self.metrics.crossings.labels(c.line, self._name(int(c.class_id)), c.direction).inc()
         message = crossing_message(c, self.model.names)
+        self.metrics.crossings.labels(c.line, message["class_name"], c.direction).inc()
         if self.source is not None and not self.source.live:
             # Recordings stamp frames with media time; the event carries both clocks.
             message["media_time_s"] = message["timestamp"]
