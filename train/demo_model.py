@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
+from export.cli import export_onnx
 from train.fit import FitOptions, fit
-from train.synth import CLASSES, write_dataset
+from train.synth import write_dataset
 
 MODELS = Path(__file__).resolve().parent.parent / "edge" / "models"
 
@@ -72,32 +72,31 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def export(best: Path, data_yaml: Path, a: argparse.Namespace, train_s: float) -> None:
-    """Evaluate ``best`` on the test split and write demo.onnx + demo.json."""
+    """Evaluate ``best`` on the test split, export it with ``lanecount-export onnx``, add the metrics."""
     from ultralytics import YOLO
 
-    model = YOLO(str(best))
-    m = model.val(data=str(data_yaml), split="test", imgsz=a.imgsz, batch=16, device="cpu", plots=False)
-    onnx = Path(model.export(format="onnx", imgsz=a.imgsz, opset=12, simplify=True, dynamic=False))
-    a.out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx, a.out / "demo.onnx")
-    meta = {
-        "name": "lanecount-demo",
-        "version": time.strftime("%Y.%m.%d"),
-        "architecture": "yolov8n",
-        "imgsz": a.imgsz,
-        "names": list(CLASSES),
-        "trained_on": {"generator": "lanecount-train synth", "images": a.images, "seed": a.seed},
-        "train_hours": None if train_s != train_s else round(train_s / 3600, 2),
-        "training": a.note
-        or f"python -m train.demo_model --device {a.device} --images {a.images} --hours {a.hours}",
-        "metrics_test": {
-            "mAP50": round(float(m.box.map50), 4),
-            "mAP50-95": round(float(m.box.map), 4),
-            "precision": round(float(m.box.mp), 4),
-            "recall": round(float(m.box.mr), 4),
-        },
-    }
-    (a.out / "demo.json").write_text(json.dumps(meta, indent=2) + "\n")
+    m = YOLO(str(best)).val(
+        data=str(data_yaml), split="test", imgsz=a.imgsz, batch=16, device="cpu", plots=False
+    )
+    onnx = export_onnx(best, a.out / "demo.onnx", a.imgsz)
+    meta = json.loads(onnx.with_suffix(".json").read_text())
+    meta.update(
+        {
+            "name": "lanecount-demo",
+            "architecture": "yolov8n",
+            "trained_on": {"generator": "lanecount-train synth", "images": a.images, "seed": a.seed},
+            "train_hours": None if train_s != train_s else round(train_s / 3600, 2),
+            "training": a.note
+            or f"python -m train.demo_model --device {a.device} --images {a.images} --hours {a.hours}",
+            "metrics_test": {
+                "mAP50": round(float(m.box.map50), 4),
+                "mAP50-95": round(float(m.box.map), 4),
+                "precision": round(float(m.box.mp), 4),
+                "recall": round(float(m.box.mr), 4),
+            },
+        }
+    )
+    onnx.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta, indent=2))
 
 
