@@ -25,6 +25,8 @@ class Metrics:
         self.stage = Histogram(
             "lanecount_stage_seconds", "Per-stage latency", ["stage"], buckets=_BUCKETS, registry=r
         )
+        # Bound once: labels() takes a lock and a dict lookup, and this runs 7 times per frame.
+        self._stages = {name: self.stage.labels(name) for name in STAGES}
         self.crossings = Counter(
             "lanecount_crossings", "Line crossings", ["line", "product", "direction"], registry=r
         )
@@ -42,7 +44,8 @@ class Metrics:
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         """Record one frame's stage timings (milliseconds)."""
         for name, ms in timings_ms.items():
-            self.stage.labels(name).observe(ms / 1000)
+            child = self._stages.get(name) or self._stages.setdefault(name, self.stage.labels(name))
+            child.observe(ms / 1000)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` on ``port`` from a daemon thread."""
