@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from edge import __version__
+from edge.cli_model import app as model_app
 from edge.errors import ConfigError, LanecountError
 
 app = typer.Typer(
@@ -19,6 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="lanecount edge daemon: camera → detector → tracking → line counts → MQTT.",
 )
+
+app.add_typer(model_app, name="model")
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

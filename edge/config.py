@@ -85,6 +85,9 @@ class ModelConfig(_Model):
     )
     names: list[str] | None = Field(None, description="class names; overrides the metadata")
     imgsz: int | None = Field(None, ge=32, description="network input size; overrides the metadata")
+    public_key: str | None = Field(
+        None, description="ed25519 public key (PEM) model bundles must be signed with (`model install`)"
+    )
 
 
 class BackendConfig(_Model):
