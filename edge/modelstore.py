@@ -6,7 +6,8 @@ Layout (root default ``/var/lib/lanecount/models``)::
     releases/<version>/model.onnx | model.engine                the variant chosen for this device
     releases/<version>/model.json                               names, imgsz, version (edge/model.py's format)
     current  -> releases/<version>                              what the daemon runs
-    history.json                                                versions activated, oldest first
+    history.json                                                versions activated, oldest first, and
+                                                                the versions rolled back from
     .staging/                                                   half-written releases (removed on next use)
 
 The config points at a stable name inside ``current`` (``model.path:
@@ -17,7 +18,9 @@ Crash safety: a release is written and fsynced under ``.staging/`` and becomes v
 moment therefore leaves ``current`` pointing at a complete release, the old one or the new one.
 ``rollback`` returns to the version activated before the active one in ``history.json``, which is
 replaced (also by rename) *before* ``current``, so a kill between the two leaves a history whose entry
-before the active version is still the right rollback target.
+before the active version is still the right rollback target. A version that was rolled back from
+is never a rollback target again (until it is installed or activated by name), so ``rollback`` after
+a rollout's automatic rollback goes further back instead of returning to the bad model.
 ``LANECOUNT_MODELSTORE_CRASH_AT=N`` kills the process (SIGKILL) at the N-th step boundary: the tests
 use it to kill an install at every step.
 """
@@ -248,16 +251,22 @@ class ModelStore:
         prev = self.rollback_target()
         if prev is None:
             raise ModelError(f"{self.root}: nothing to roll back to (no previous release)")
-        return self.activate(prev)
+        with self._locked():
+            self._switch(prev, rolled_back_from=self.active_version())
+            return self._release(prev)
 
     def rollback_target(self) -> str | None:
         """The installed version activated before the active one (what ``rollback`` switches to)."""
-        active, history = self.active_version(), self._history()
+        active, (history, bad) = self.active_version(), self._history()
         if active is None or active not in history:
             return None
         before = history[: len(history) - 1 - history[::-1].index(active)]
         for version in reversed(before):
-            if version != active and (self.releases / version / "model.json").is_file():
+            if (
+                version != active
+                and version not in bad
+                and (self.releases / version / "model.json").is_file()
+            ):
                 return version
         return None
 
@@ -318,13 +327,16 @@ class ModelStore:
             shutil.rmtree(work, ignore_errors=True)
             raise
 
-    def _switch(self, version: str) -> None:
+    def _switch(self, version: str, rolled_back_from: str | None = None) -> None:
         """Append ``version`` to the history, then point ``current`` at it; each step is one rename."""
-        active, history = self.active_version(), self._history()
+        active, (history, bad) = self.active_version(), self._history()
         if active is not None and not history:
             history = [active]
+        marked = sorted(v for v in bad if v != version and v in history[-_HISTORY:])
+        marked += [rolled_back_from] if rolled_back_from else []
+        state = {"activations": [*history, version][-_HISTORY:], "rolled_back": marked}
         tmp = self.root / ".history.json.tmp"
-        _write_durably(tmp, json.dumps([*history, version][-_HISTORY:]).encode())
+        _write_durably(tmp, json.dumps(state).encode())
         self._step("history written")
         os.rename(tmp, self.root / "history.json")
         _fsync_dir(self.root)
@@ -338,12 +350,10 @@ class ModelStore:
         _fsync_dir(self.root)
         self._step("current switched")
 
-    def _history(self) -> list[str]:
-        try:
-            data = json.loads((self.root / "history.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return []
-        return [str(v) for v in data] if isinstance(data, list) else []
+    def _history(self) -> tuple[list[str], set[str]]:
+        """(versions activated, oldest first; versions rolled back from)."""
+        data = _read_json(self.root / "history.json") or {}
+        return [str(v) for v in data.get("activations", [])], {str(v) for v in data.get("rolled_back", [])}
 
     def _gc(self) -> list[str]:
         self._clear_staging()

@@ -153,6 +153,9 @@ def test_install_list_rollback_activate(env):
     assert res.returncode == 0, res.stderr
     assert "1.0.0: active (rolled back)" in res.stdout
     assert assert_store_sound(env, {"1.0.0"}) == "1.0.0"
+    res = model_cli("rollback", "--store", str(env.store), "--reload-cmd", reload_cmd)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: {env.store}: nothing to roll back to (no previous release)"
     res = model_cli("activate", "1.1.0", "--store", str(env.store), "--reload-cmd", "")
     assert res.returncode == 0, res.stderr
     assert assert_store_sound(env, {"1.1.0"}) == "1.1.0"
@@ -368,25 +371,37 @@ def test_install_killed_at_every_step_leaves_old_or_new_active(env):
     assert steps_seen >= 9  # staging, extract, model.json, rename, fsync, history (2), current (2)
 
 
-def test_activate_and_rollback_killed_at_every_step(env):
+def test_rollback_killed_at_every_step(env):
     store = ModelStore(env.store)
-    store.install(env.bundle("a"), env.cfg(), env.pub)
-    store.install(env.bundle("b"), env.cfg(), env.pub)
-    for rnd in range(4):  # back and forth, many times over
+    for v in "abc":
+        store.install(env.bundle(v), env.cfg(), env.pub)
+    for rnd in range(4):  # many times over
         for step in range(1, 10):
-            before = store.active_version()
-            other = {"a", "b"} - {before}
             killed = _killed_at(step, lambda: ModelStore(env.store).rollback())
-            after = assert_store_sound(env, {"a", "b"})
-            if killed and after == before:
-                # The switch did not happen: rollback still goes to the other one.
-                assert {ModelStore(env.store).rollback_target()} == other, (rnd, step)
+            after = assert_store_sound(env, {"b", "c"})
+            target = ModelStore(env.store).rollback_target()
+            if after == "c":  # the switch did not happen: rollback still goes to b
+                assert killed and target == "b", (rnd, step)
                 continue
-            assert {after} == other and ModelStore(env.store).rollback_target() == before, (rnd, step)
+            assert target == "a", (rnd, step)  # never back to c, which was rolled back from
+            ModelStore(env.store).activate("c")  # put it back for the next round
+            assert ModelStore(env.store).rollback_target() == "b"
             if not killed:
                 break
         else:
             pytest.fail("rollback never completed")
+
+
+def test_rollback_never_returns_to_a_version_rolled_back_from(env):
+    store = ModelStore(env.store)
+    for v in ("1", "2", "3"):
+        store.install(env.bundle(v), env.cfg(), env.pub)
+    assert store.rollback().version == "2"  # 3 failed its health gate
+    assert store.rollback().version == "1"
+    with pytest.raises(ModelError, match="nothing to roll back to"):
+        store.rollback()
+    store.activate("3")  # chosen by name: no longer marked
+    assert store.rollback_target() == "1"
 
 
 @pytest.mark.slow
