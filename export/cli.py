@@ -67,6 +67,56 @@ def onnx(
 
 
 @app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="directory for signing.key (0600) and signing.pub")] = Path(
+        "keys"
+    ),
+    force: Annotated[bool, typer.Option(help="replace an existing key pair")] = False,
+) -> None:
+    """Create the ed25519 key pair that signs bundles; only signing.pub goes to devices."""
+    from export.bundle import generate_keys
+
+    key, pub = generate_keys(out, force=force)
+    typer.echo(f"wrote {key} (keep it secret) and {pub} (install it as model.public_key)")
+
+
+@app.command()
+def bundle(
+    model: Annotated[Path, typer.Argument(help="the FP32 ONNX model (its .json beside it)")],
+    key: Annotated[Path, typer.Option(help="signing.key from keygen")],
+    out: Annotated[Path, typer.Option(help="the bundle to write (.lcb)")],
+    int8: Annotated[Path | None, typer.Option(help="the INT8 QDQ ONNX model from `int8`")] = None,
+    engine: Annotated[
+        list[Path] | None, typer.Option(help="a TensorRT engine from `engine` (repeatable)")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="bundle version (default: the model's)")] = None,
+) -> None:
+    """Sign the model files into one bundle: manifest (checksums, metrics, versions) + files + signature."""
+    from export.bundle import bundle_models
+
+    manifest = bundle_models(model, out, key, int8=int8, engines=tuple(engine or ()), version=version)
+    kinds = ", ".join(f"{v['file']} ({v['kind']} {v['precision']})" for v in manifest["variants"])
+    typer.echo(f"wrote {out}: {manifest['name']} {manifest['version']}: {kinds}")
+
+
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="the bundle (.lcb)")],
+    pub: Annotated[Path, typer.Option(help="signing.pub the bundle must be signed with")],
+) -> None:
+    """Check a bundle's signature and every file's checksum: exit 0 valid, exit 1 with what is wrong."""
+    from edge.bundle import BundleError, read_bundle
+
+    try:
+        b = read_bundle(path, pub)
+    except BundleError as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(1) from None
+    kinds = ", ".join(f"{v['file']} ({v['kind']} {v['precision']})" for v in b.variants)
+    typer.echo(f"valid: {path}: {b.name} {b.version}, {len(b.names)} classes, imgsz {b.imgsz}: {kinds}")
+
+
+@app.command()
 def version() -> None:
     """Print the lanecount version."""
     from edge import __version__
