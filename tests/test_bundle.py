@@ -293,3 +293,113 @@ def test_local_gpu_without_tensorrt() -> None:
         assert local_gpu() is None
     else:
         pytest.skip("tensorrt is importable here")
+
+
+# --- the daemon runs bundles -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conveyor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A synthetic conveyor video with known crossings (seed 10: 5 in 10 s, as in test_daemon)."""
+    from train.synth_video import render_video
+
+    out = tmp_path_factory.mktemp("video")
+    return out / "video.mp4", render_video(out, 10, 10)
+
+
+def _run_daemon(tmp: Path, video: tuple[Path, dict], model: dict, **sections: object) -> tuple[dict, object]:
+    import yaml
+
+    from edge.daemon import Daemon
+
+    cfg = {
+        "state_dir": str(tmp / "state"),
+        "source": {"type": "file", "path": str(video[0])},
+        "model": model,
+        "counting": {"lines": [video[1]["line"]]},
+        "mqtt": {"enabled": False},
+        **sections,
+    }
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "edge.yaml").write_text(yaml.safe_dump(cfg))
+    daemon = Daemon(tmp / "edge.yaml", counts_out=tmp / "counts.json")
+    assert daemon.run() == 0
+    return json.loads((tmp / "counts.json").read_text())["lines"], daemon
+
+
+@pytest.mark.slow
+def test_the_daemon_counts_from_a_bundle_exactly_as_from_the_bare_model(
+    tmp_path: Path, keys: tuple[Path, Path], demo_model: Path, conveyor: tuple[Path, dict], caplog
+) -> None:
+    bare, _ = _run_daemon(tmp_path / "bare", conveyor, {"path": str(demo_model)})
+    bundle_models(demo_model, tmp_path / "demo.lcb", keys[0], version="2026.12.01-b1")
+    model = {"path": str(tmp_path / "demo.lcb"), "public_key": str(keys[1])}
+    with caplog.at_level("INFO", logger="edge.model"):
+        counted, daemon = _run_daemon(tmp_path / "lcb", conveyor, model)
+    assert counted == bare == conveyor[1]["lines"]
+    info = daemon.model  # type: ignore[attr-defined]
+    assert info.version == "2026.12.01-b1" and info.bundle == tmp_path / "demo.lcb"
+    assert info.path.is_relative_to(tmp_path / "lcb" / "state" / "models")
+    assert (
+        info.sha256
+        == json.loads((info.path.parent.parent / "manifest.json").read_text())["files"]["demo.onnx"]["sha256"]
+    )
+    assert "running demo.onnx (FP32 ONNX model on ONNX Runtime)" in caplog.text
+
+
+def test_a_bundle_without_public_key_or_tampered_is_refused_at_start(
+    tmp_path: Path, keys: tuple[Path, Path], other_keys: tuple[Path, Path], small: Path
+) -> None:
+    from edge.config import ModelConfig
+    from edge.model import load_model_info
+
+    with pytest.raises(BundleError, match=r"m\.lcb: model\.public_key is required"):
+        load_model_info(ModelConfig(path=str(small)))
+    with pytest.raises(BundleError, match="signature does not match"):
+        load_model_info(ModelConfig(path=str(small), public_key=str(other_keys[1])))
+    info = load_model_info(ModelConfig(path=str(small), public_key=str(keys[1])))
+    assert info.version == "1.0" and info.path.name == "m.onnx" and info.path.read_bytes().startswith(b"fp32")
+    # The daemon refuses it at start-up: one line, exit 2.
+    config = tmp_path / "edge.yaml"
+    config.write_text(
+        f"model: {{path: {small}, public_key: {other_keys[1]}}}\n"
+        f"source: {{type: file, path: {small}}}\nstate_dir: {tmp_path / 'state'}\nmqtt: {{enabled: false}}\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "m.lcb: signature does not match signing.pub" in res.stderr.strip().splitlines()[-1]
+
+
+def test_a_bundle_chooses_int8_when_the_backend_asks(
+    tmp_path: Path, keys: tuple[Path, Path], small: Path
+) -> None:
+    from edge.config import parse_config
+    from edge.model import load_model_info
+
+    text = (
+        f"model: {{path: {small}, public_key: {keys[1]}}}\n"
+        f"backend: {{precision: int8}}\nstate_dir: {tmp_path / 's'}\n"
+    )
+    cfg = parse_config(text)
+
+    assert cfg.model is not None
+    info = load_model_info(cfg.model)
+    assert (
+        info.path
+        == tmp_path
+        / "s"
+        / "models"
+        / f"m-1.0-{info.path.parent.parent.name.split('-')[-1]}"
+        / "files"
+        / "m.int8.onnx"
+    )
+    assert info.variant is not None and info.variant.startswith("onnx int8")
+    tensorrt = parse_config(text.replace("precision: int8", "type: tensorrt"))
+    assert tensorrt.model is not None
+    with pytest.raises(BundleError, match=r"backend\.type tensorrt needs an engine for this GPU"):
+        load_model_info(tensorrt.model)
