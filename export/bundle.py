@@ -199,6 +199,11 @@ def bundle_models(
     info = load_model_info(ModelConfig(path=str(onnx_path)))
     meta = _sidecar(onnx_path)
     gate = _sidecar(_existing(int8)) if int8 is not None else {}
+    if int8 is not None and not gate.get("gate", {}).get("passed"):
+        raise SigningError(
+            f"{int8.with_suffix('.json')}: no passed accuracy gate recorded: run `lanecount-export int8` "
+            "and bundle only a model that passes it"
+        )
     # The INT8 gate measured both models on the val split; the FP32 row is the ONNX model's metrics.
     fp32_metrics = _metrics(meta) or _metrics({"metrics": gate.get("metrics_fp32")})
     variants = [Variant(info.path, "onnx", "fp32", fp32_metrics)]

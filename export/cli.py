@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -64,6 +64,44 @@ def onnx(
     """Export weights to ONNX plus the metadata JSON the edge daemon reads."""
     path = export_onnx(weights, out, imgsz, version)
     typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+@app.command()
+def int8(
+    model: Annotated[Path, typer.Argument(help="the FP32 ONNX model (its .json beside it)")],
+    data: Annotated[Path, typer.Option(help="dataset YAML: calibration from train, the gate on val")],
+    out: Annotated[Path | None, typer.Option(help="the INT8 QDQ model (default: M.int8.onnx)")] = None,
+    calib: Annotated[int, typer.Option(min=1, help="calibration images, balanced by class")] = 64,
+    max_drop: Annotated[float, typer.Option(min=0, help="largest mAP50-95 loss allowed, in points")] = 1.0,
+    quantize_head: Annotated[
+        bool, typer.Option(help="quantize the Detect head too (shows what the gate catches)")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="seed of the calibration pick")] = 0,
+) -> None:
+    """Quantize to an INT8 QDQ model; gate it on mAP50-95 (FP32 vs INT8 on val); exit 1 when it fails."""
+    from edge.config import ModelConfig
+    from edge.model import load_model_info
+    from export.int8 import gate, quantize_int8, write_sidecar
+
+    fp32 = load_model_info(ModelConfig(path=str(model)))
+    out = out or model.with_name(f"{model.stem}.int8.onnx")
+    report = quantize_int8(fp32.path, data, out, calib=calib, keep_head_fp32=not quantize_head, seed=seed)
+    # The sidecar carries names/imgsz/version, so the INT8 model also loads on its own.
+    out.with_suffix(".json").write_text(json.dumps(_edge_meta(fp32, out)))
+    result = gate(fp32, load_model_info(ModelConfig(path=str(out))), data, max_drop)
+    typer.echo(result.table())
+    side = write_sidecar(out, fp32, report, result)
+    kept = len(report["kept_fp32"])
+    typer.echo(
+        f"wrote {out} and {side} ({report['calibration']['images']} calibration images, {kept} nodes FP32)"
+    )
+    if not result.passed:
+        typer.echo(f"INT8 gate failed: {out} is kept for inspection; `bundle` refuses it", err=True)
+        raise typer.Exit(1)
+
+
+def _edge_meta(info: Any, out: Path) -> dict[str, Any]:
+    return {"name": out.stem, "version": info.version, "imgsz": info.imgsz, "names": list(info.names)}
 
 
 @app.command()
