@@ -58,12 +58,39 @@ def onnx(
     out: Annotated[Path, typer.Option(help="output .onnx path; the .json goes beside it")] = Path(
         "model.onnx"
     ),
-    imgsz: Annotated[int, typer.Option(help="network input size")] = 640,
+    imgsz: Annotated[
+        int, typer.Option(help="network input size (static 1x3xNxN, as TensorRT 10 likes)")
+    ] = 640,
+    opset: Annotated[int, typer.Option(min=12, help="ONNX opset (TensorRT 10 parses up to 20)")] = 17,
     version: Annotated[str | None, typer.Option(help="model version (default: today's date)")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="dataset YAML for the parity images (default: the training data)")
+    ] = None,
 ) -> None:
-    """Export weights to ONNX plus the metadata JSON the edge daemon reads."""
-    path = export_onnx(weights, out, imgsz, version)
+    """Export weights to ONNX plus the metadata JSON, and check parity with the PyTorch model."""
+    from ultralytics import YOLO
+
+    from export.parity import check_parity, sample_images
+
+    path = export_onnx(weights, out, imgsz, version, opset=opset)
+    model = YOLO(str(weights))
+    trained_on = (getattr(model, "ckpt", None) or {}).get("train_args", {}).get("data")
+    parity = check_parity(model.model, path, imgsz, sample_images(trained_on, data))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["weights_sha256"] = file_sha256(weights)
+    meta["parity"] = {
+        "images": parity.images,
+        "max_abs_diff": parity.max_abs_diff,
+        "mismatches": parity.mismatches,
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    typer.echo(parity.summary())
+    for line in parity.mismatches:
+        typer.echo(f"  {line}")
     typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
+    if parity.mismatches:
+        typer.echo(f"parity failed: {path} does not detect what {weights} detects", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
