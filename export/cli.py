@@ -132,6 +132,89 @@ def _edge_meta(info: Any, out: Path) -> dict[str, Any]:
 
 
 @app.command()
+def engine(
+    model: Annotated[
+        Path, typer.Argument(help="ONNX model: FP32 for fp16, the QDQ model from `int8` for int8")
+    ],
+    precision: Annotated[str, typer.Option(help="fp16 or int8")] = "fp16",
+    out: Annotated[
+        Path | None, typer.Option(help="engine file (default: named for GPU, TensorRT, precision)")
+    ] = None,
+    workspace: Annotated[int, typer.Option(min=16, help="builder workspace in MB")] = 1024,
+    timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache, read and updated")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="dataset YAML: verify on val images, report the mAP delta")
+    ] = None,
+) -> None:
+    """Build a TensorRT 10 engine on this device and verify it against ONNX Runtime."""
+    from edge.config import ModelConfig
+    from edge.model import load_model_info
+    from export import engine as eng
+
+    settings = eng.build_settings(precision, workspace, timing_cache)
+    eng.check_onnx_for(precision, model)
+    info = load_model_info(ModelConfig(path=str(model)))
+    try:
+        eng.require_tensorrt()
+    except LanecountError:
+        target = out or model.with_name(f"{model.stem.removesuffix('.int8')}.{precision}.engine")
+        typer.echo(eng.trtexec_command(model, target, settings))
+        raise
+    from edge.bundle import local_gpu
+
+    gpu = local_gpu()
+    if gpu is None:
+        raise eng.EngineError(
+            "engine: TensorRT is installed but no CUDA GPU answers (cudaGetDeviceProperties)"
+        )
+    out = out or model.with_name(eng.engine_filename(model, gpu, precision))
+    typer.echo(f"equivalent: {eng.trtexec_command(model, out, settings)}")
+    eng.build_engine(model, out, settings)
+    meta = eng.engine_metadata(_edge_meta(info, out) | {"name": out.stem}, gpu, precision, model, {})
+    eng.write_metadata(out, meta)
+    agreement, metrics = _verify_engine(info, out, data)
+    eng.write_metadata(out, meta | metrics)
+    typer.echo(agreement.summary(out.name))
+    for line in agreement.unmatched:
+        typer.echo(f"  {line}")
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+    if agreement.unmatched:
+        raise typer.Exit(1)
+
+
+def _verify_engine(info: Any, engine_path: Path, data: Path | None) -> tuple[Any, dict[str, Any]]:
+    """Engine vs ONNX Runtime: detections on sample images, and mAP on val when ``data`` is given."""
+    import cv2
+    import numpy as np
+
+    from edge.backends import create_detector
+    from edge.config import BackendConfig, ModelConfig
+    from edge.model import load_model_info
+    from export.dataset import load_split
+    from export.engine import compare_detections
+    from export.metrics import score_model
+
+    engine_info = load_model_info(ModelConfig(path=str(engine_path)))
+    val = load_split(data, "val") if data else []
+    frames = [(s.image.name, cv2.imread(str(s.image))) for s in val[:16]]
+    if not frames:
+        rng = np.random.default_rng(0)
+        frames = [(f"random frame {i}", rng.integers(0, 255, (480, 640, 3), np.uint8)) for i in range(4)]
+    with (
+        create_detector(BackendConfig(type="onnxruntime", device="cpu"), info) as ref,
+        create_detector(BackendConfig(type="tensorrt"), engine_info) as cand,
+    ):
+        agreement = compare_detections(ref, cand, frames)
+    if not val:
+        return agreement, {}
+    onnx_score, engine_score = score_model(info, val), score_model(engine_info, val, backend="tensorrt")
+    delta = (engine_score.map50_95 - onnx_score.map50_95) * 100
+    scores = f"ONNX Runtime {onnx_score.map50_95:.4f}, engine {engine_score.map50_95:.4f}"
+    typer.echo(f"mAP50-95 on val: {scores} ({delta:+.2f} points)")
+    return agreement, {"metrics": engine_score.as_dict("val")}
+
+
+@app.command()
 def keygen(
     out: Annotated[Path, typer.Option(help="directory for signing.key (0600) and signing.pub")] = Path(
         "keys"

@@ -24,7 +24,7 @@ from edge.config import BackendConfig
 from edge.model import ModelInfo
 from export.dataset import Sample
 
-__all__ = ["ClassAP", "Score", "score_model"]
+__all__ = ["ClassAP", "Score", "iou_matrix", "score_model"]
 
 IOUS = np.linspace(0.5, 0.95, 10)
 VAL_BACKEND = BackendConfig(type="onnxruntime", device="cpu", conf=0.001, iou=0.7, max_det=300)
@@ -54,9 +54,11 @@ class Score:
         return {"map50_95": round(self.map50_95, 4), "map50": round(self.map50, 4), "split": split}
 
 
-def score_model(model: ModelInfo, samples: list[Sample], threads: int = 0) -> Score:
-    """Run ``model`` on every sample with ONNX Runtime and score its detections."""
-    cfg = VAL_BACKEND.model_copy(update={"threads": threads})
+def score_model(
+    model: ModelInfo, samples: list[Sample], threads: int = 0, backend: str = "onnxruntime"
+) -> Score:
+    """Run ``model`` on every sample (ONNX Runtime, or ``tensorrt`` for an engine); score its detections."""
+    cfg = VAL_BACKEND.model_copy(update={"threads": threads, "type": backend})
     with create_detector(cfg, model) as det:
         stats = []
         for s in samples:
@@ -78,7 +80,8 @@ def _gt_xyxy(s: Sample, shape: tuple[int, int]) -> npt.NDArray[np.float32]:
     return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
 
 
-def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def iou_matrix(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """IoU of every box of ``a`` with every box of ``b`` (``xyxy``), shape ``(len(a), len(b))``."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(axis=2)
@@ -96,7 +99,7 @@ def _match(dets: object, s: Sample, shape: tuple[int, int]) -> _Stat:
     tp = np.zeros((len(xyxy), len(IOUS)), bool)
     if len(xyxy) and len(s.classes):
         gt = _gt_xyxy(s, shape)
-        iou = _iou(gt, xyxy) * (s.classes[:, None] == cls[None, :])
+        iou = iou_matrix(gt, xyxy) * (s.classes[:, None] == cls[None, :])
         for k, t in enumerate(IOUS):
             gi, pi = np.nonzero(iou >= t)
             if not len(gi):
