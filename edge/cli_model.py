@@ -60,7 +60,9 @@ def install(
     config: ConfigOpt = _DEFAULT_CONFIG,
     store: StoreOpt = Path("/var/lib/lanecount/models"),
     keep: Annotated[int, typer.Option(help="releases kept (at least 2)")] = 3,
-    precision: Annotated[str | None, typer.Option(help="int8: prefer the int8 ONNX variant")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32 | fp16 | int8; default: the config's backend.precision")
+    ] = None,
     reload_cmd: ReloadOpt = "systemctl try-reload-or-restart lanecount-edge.service",
 ) -> None:
     """Verify a bundle (signature, sha256, compatibility), stage it, switch to it, reload the daemon."""

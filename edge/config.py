@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge.errors import ConfigError
 
@@ -78,7 +86,8 @@ class ModelConfig(_Model):
     """The detector model: a file plus its metadata (class names, imgsz, version)."""
 
     path: str = Field(
-        description="model file: .onnx (onnxruntime), .engine/.plan (tensorrt), .pt (ultralytics)"
+        description="model file: .onnx (onnxruntime), .engine/.plan (tensorrt), .pt (ultralytics), "
+        "or a signed bundle .lcb (lanecount-export bundle)"
     )
     meta: str | None = Field(
         None, description="metadata JSON (names, imgsz, version); default: the model path with .json"
@@ -86,8 +95,10 @@ class ModelConfig(_Model):
     names: list[str] | None = Field(None, description="class names; overrides the metadata")
     imgsz: int | None = Field(None, ge=32, description="network input size; overrides the metadata")
     public_key: str | None = Field(
-        None, description="ed25519 public key (PEM) model bundles must be signed with (`model install`)"
+        None, description="ed25519 public key (signing.pub) a bundle must be signed with; required for .lcb"
     )
+    # Set by EdgeConfig: what edge.model needs to pick a bundle's variant and where to extract it.
+    _bundle_context: tuple[str, str, str] | None = PrivateAttr(None)
 
 
 class BackendConfig(_Model):
@@ -102,6 +113,10 @@ class BackendConfig(_Model):
     iou: float = Field(0.45, ge=0, le=1, description="NMS IoU threshold (class-aware)")
     max_det: int = Field(100, ge=1, description="most detections kept per frame")
     classes: list[int] | None = Field(None, description="keep only these class ids (default: all)")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32",
+        description="bundles: int8 runs the INT8 ONNX variant on ONNX Runtime; engines of it preferred",
+    )
 
 
 class TrackingConfig(_Model):
@@ -271,6 +286,13 @@ class EdgeConfig(_Model):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="serve Prometheus metrics on this port"
     )
+
+    @model_validator(mode="after")
+    def _pass_bundle_context(self) -> EdgeConfig:
+        # A bundle's variant depends on the backend, and its files are extracted under the state dir.
+        if self.model is not None:
+            self.model._bundle_context = (self.backend.type, self.backend.precision, str(self.state_path()))
+        return self
 
     def state_path(self) -> Path:
         """Directory of the durable state: ``$STATE_DIRECTORY`` under systemd, else ``state_dir``."""

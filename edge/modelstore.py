@@ -205,13 +205,23 @@ class ModelStore:
             ModelError: the bundle is unsigned, tampered, incompatible, or does not fit on disk; the
                 active model is untouched.
         """
+        try:
+            return self._install(bundle_path, cfg, public_key, precision)
+        except ModelError as exc:
+            active = self.active_version()
+            stays = f"; model {active} stays active" if active else ""
+            raise type(exc)(f"{exc}{stays}") from None
+
+    def _install(
+        self, bundle_path: Path, cfg: EdgeConfig, public_key: Path, precision: str | None
+    ) -> tuple[Release, bool]:
         from edge.bundle import read_bundle
 
         bundle = read_bundle(bundle_path, public_key)
         version = bundle.version
         if not _VERSION_RE.match(version):
             raise ModelError(f"{bundle_path}: version {version!r} is not usable as a directory name")
-        check_compatible(str(bundle_path), bundle.names, bundle.imgsz, cfg)
+        check_compatible(str(bundle_path), list(bundle.names), bundle.imgsz, cfg)
         with self._locked():
             target = self.releases / version
             if target.exists():
@@ -289,7 +299,7 @@ class ModelStore:
             bundle.extract(work)
             self._step("bundle extracted")
             gpu = local_gpu() if cfg.backend.type == "tensorrt" else None
-            variant, reason = select_variant(bundle, precision=precision, gpu=gpu)
+            variant, reason = select_variant(bundle, precision=precision or cfg.backend.precision, gpu=gpu)
             model = work / model_filename(cfg)
             if cfg.backend.type == "tensorrt" and variant["kind"] != "engine":
                 variant = _build_engine(work / "files" / variant["file"], model, variant, gpu, bundle_path)
@@ -300,7 +310,7 @@ class ModelStore:
             else:
                 os.link(work / "files" / variant["file"], model)
             meta = {
-                "names": bundle.names,
+                "names": list(bundle.names),
                 "imgsz": bundle.imgsz,
                 "version": bundle.version,
                 "bundle": bundle_path.name,
@@ -320,8 +330,7 @@ class ModelStore:
         except OSError as exc:
             shutil.rmtree(work, ignore_errors=True)
             raise ModelError(
-                f"{bundle_path}: cannot install into {self.root}: {exc.strerror or exc}; "
-                "the active model stays"
+                f"{bundle_path}: cannot install into {self.root}: {exc.strerror or exc}"
             ) from None
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)

@@ -259,6 +259,7 @@ def test_a_bad_bundle_is_refused_with_one_line_and_the_active_model_stays(env, k
     assert res.returncode == 2, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], res.stderr
+    assert lines[0].endswith("; model 1.0 stays active")
     assert "Traceback" not in res.stderr
     assert not marker.exists()
     assert assert_store_sound(env, {"1.0"}) == "1.0"
@@ -320,7 +321,7 @@ def test_disk_full_is_refused_and_the_active_model_stays(env):
     assert "rc=2" in res.stdout, res.stdout + res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert (
-        len(errors) == 1 and "No space left on device" in errors[0] and "the active model stays" in errors[0]
+        len(errors) == 1 and "No space left on device" in errors[0] and "model 1.0 stays active" in errors[0]
     )
     assert "1.0: ok" in res.stdout
     assert res.stdout.split()[-1] == "1.0"  # releases/ holds only 1.0; .staging is empty
