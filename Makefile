@@ -7,7 +7,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast lint check bench demo demo-model clean
+.PHONY: help venv system-deps test test-fast lint check bench demo demo-model clean wheelhouse test-fleet
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -15,6 +15,8 @@ help:
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
+	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
+	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
 # and OpenCV's sample footage (real pictures nobody here made) for smoke tests.
@@ -65,6 +67,21 @@ demo: venv
 
 demo-model: venv
 	$(PY) -m train.demo_model
+
+# What the Ansible controller ships to the Jetsons: JetPack 6 = Ubuntu 22.04 (glibc 2.35), CPython 3.10.
+# tensorrt, python3-systemd and OpenCV come from JetPack/apt (see provisioning/wheelhouse.py).
+WHEEL_PLATFORM ?= manylinux_2_35_aarch64
+WHEEL_PYTHON ?= 3.10
+WHEELHOUSE ?= wheelhouse/jetson
+wheelhouse: venv
+	$(PY) provisioning/wheelhouse.py --platform $(WHEEL_PLATFORM) --python $(WHEEL_PYTHON) --out $(WHEELHOUSE)
+
+# Real hosts (systemd as PID 1, sshd) on this machine only: needs root, debootstrap, systemd-nspawn.
+test-fleet: venv
+	@command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null || { \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq debootstrap systemd-container >/dev/null; }
+	$(PY) -m pytest -s -q -p no:cacheprovider tests/fleet/fleet_test.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache demo-out bench-out
