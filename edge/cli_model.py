@@ -175,7 +175,7 @@ def health(
         Path | None, typer.Option(help="where mqtt.password_file lives (systemd's credentials directory)")
     ] = None,
 ) -> None:
-    """Wait until the device's retained status shows ``version``, online, with frames flowing; else exit 1."""
+    """Wait until the device's retained status shows VERSION, online, with frames flowing; else exit 1."""
     from edge.config import load_config
     from edge.health import wait_healthy
 

@@ -45,9 +45,15 @@ def _names() -> list[str]:
 
 
 def demo_bundle(out: Path, key: Path, version: str, onnx: bytes | None = None) -> Path:
-    """A bundle around the committed demo model (or other ONNX bytes), signed with ``key``."""
-    data = onnx if onnx is not None else DEMO_ONNX.read_bytes()
-    return make_bundle(out / f"demo-{version}.lcb", key, version, files={"demo.onnx": data}, names=_names())
+    """The committed demo model as a bundle made by `lanecount-export bundle`; other ONNX bytes (a model
+    the daemon cannot load) through the same signing code with the demo's class names."""
+    dest = out / f"demo-{version}.lcb"
+    if onnx is not None:
+        return make_bundle(dest, key, version, files={"demo.onnx": onnx}, names=_names())
+    cmd = [str(BIN / "lanecount-export"), "bundle", str(DEMO_ONNX), "--key", str(key), "--out", str(dest)]
+    res = subprocess.run([*cmd, "--version", version], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return dest
 
 
 def run_playbook(

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DEMO_ONNX, ROOT
-from fleet.bundles import keygen, make_bundle
+from fleet.bundles import keygen
 
 FLEET = Path(os.environ.get("LANECOUNT_FLEET_DIR", "/var/tmp/lanecount-fleet"))
 BIN = Path(sys.executable).parent
@@ -249,14 +249,14 @@ def test_fleet_install_rollout_failure_and_rollback(fleet, mosquitto):
     keys = tmp / "keys"
     keys.mkdir()
     priv, pub = keygen(keys)
-    names = json.loads(DEMO_ONNX.with_suffix(".json").read_text())["names"]
-    names = list(names.values()) if isinstance(names, dict) else list(names)
-    v1 = make_bundle(
-        tmp / "demo-1.0.0.lcb", priv, "1.0.0", files={"demo.onnx": DEMO_ONNX.read_bytes()}, names=names
-    )
-    v2 = make_bundle(
-        tmp / "demo-1.1.0.lcb", priv, "1.1.0", files={"demo.onnx": DEMO_ONNX.read_bytes()}, names=names
-    )
+    bundles = []
+    for version in ("1.0.0", "1.1.0"):  # the real tool, on the committed demo model
+        out = tmp / f"demo-{version}.lcb"
+        cmd = [str(BIN / "lanecount-export"), "bundle", str(DEMO_ONNX), "--key", str(priv), "--out", str(out)]
+        res = _run([*cmd, "--version", version])
+        assert res.returncode == 0, res.stderr
+        bundles.append(out)
+    v1, v2 = bundles
     inventory = tmp / "inventory.yml"
     inventory.write_text(
         yaml.safe_dump(
