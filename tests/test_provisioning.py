@@ -336,3 +336,48 @@ def test_ansible_lint_is_clean(tmp_path):
         env={**os.environ, "ANSIBLE_HOME": str(tmp_path), "PATH": f"{BIN}:{os.environ['PATH']}"},
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_local_mosquitto_bridges_to_the_store_broker(device, module_broker, tmp_path):
+    """The bridge config in a real Mosquitto: status goes up to the store broker, commands come down."""
+    from broker import Broker, Subscriber, mosquitto_binary, wait_until
+
+    root = tmp_path / "root"
+    extra = {
+        **device.vars,
+        "lanecount_root": str(root),
+        "lanecount_initial_bundle": "",
+        "lanecount_local_broker": True,
+        "mosquitto_manage_packages": False,
+        "mosquitto_service_manager": "none",
+        "lanecount_store_broker": {"host": module_broker.host, "port": module_broker.port},
+    }
+    run_playbook("site.yml", device.inventory, extra)
+    cfg = load_config(root / "etc/lanecount/edge.yaml")
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("127.0.0.1", 1883)
+    conf = (root / "etc/mosquitto/conf.d/lanecount-bridge.conf").read_text()
+    assert f"address {module_broker.host}:{module_broker.port}" in conf and "persistence true" in conf
+
+    local = Broker(mosquitto_binary() or "mosquitto")
+    # The device's listener is 1883; here the test's free port, and the test broker's own files.
+    local.config.write_text(
+        conf.replace("listener 1883 127.0.0.1", f"listener {local.port} 127.0.0.1")
+        + f"persistence_location {local.config.parent}/\nlog_dest stderr\n"
+    )
+    local.start()
+    store_side = Subscriber(module_broker, ["lanecount/store-1/lane-1/#"])
+    device_side = Subscriber(local, ["lanecount/store-1/lane-1/cmd/#"])
+    try:
+        device_side.publish("lanecount/store-1/lane-1/status", '{"state": "online"}', retain=True)
+        assert wait_until(lambda: store_side.on("/status"), 15), local.log()
+        assert store_side.on("/status")[0].json() == {"state": "online"}
+
+        def command_arrives() -> bool:
+            store_side.publish("lanecount/store-1/lane-1/cmd/reset", '{"id": "r1"}')
+            return wait_until(lambda: device_side.on("/cmd/reset"), 1)
+
+        assert wait_until(command_arrives, 15), local.log()
+    finally:
+        store_side.close()
+        device_side.close()
+        local.close()
