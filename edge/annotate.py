@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from edge.config import LineConfig, OutputConfig
+from edge.counts import class_name
 from edge.detections import Detections
 
 __all__ = ["Annotator", "draw"]
@@ -47,7 +48,7 @@ def draw(
     for (x1, y1, x2, y2), cls, tid in zip(tracked.xyxy.astype(int), tracked.class_id, ids, strict=True):
         color = _color(int(tid))
         cv2.rectangle(img, (x1, y1), (x2, y2), color, 2)
-        name = names[cls] if 0 <= cls < len(names) else str(cls)
+        name = class_name(names, int(cls))
         _label(img, f"#{tid} {name}", x1, y1, color)
     for line in lines:
         a = tuple(int(v) for v in line.start)

@@ -60,14 +60,20 @@ def run(
         typer.Option(help="write this run's final counts here (JSON, replay's counts.json shape)"),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="override the config's log_level")] = None,
+    recount: Annotated[
+        bool, typer.Option(help="count a recording again even if this state_dir already counted it")
+    ] = False,
 ) -> None:
     """Run the daemon until the source ends (a file without loop) or SIGTERM."""
     from edge.daemon import Daemon
 
     level = _log_level(log_level)
-    daemon = Daemon(config, counts_out=counts_out)
+    daemon = Daemon(config, counts_out=counts_out, recount=recount)
     _setup_logging(level or daemon.cfg.log_level)
-    raise typer.Exit(daemon.run())
+    rc = daemon.run()
+    if daemon.source is not None and not daemon.source.live:
+        typer.echo(f"{config}: {daemon.summary()}", err=True)
+    raise typer.Exit(rc)
 
 
 @app.command("check-config")

@@ -64,6 +64,9 @@ class SourceConfig(_Model):
     stall_timeout_s: float = Field(5.0, gt=0, description="live sources: no frame for this long = stalled")
     reconnect_initial_s: float = Field(0.5, gt=0, description="first reopen delay; doubles on each failure")
     reconnect_max_s: float = Field(30.0, gt=0, description="upper bound of the reopen delay")
+    alert_after_s: float = Field(
+        60.0, gt=0, description="live sources: no frame for this long raises the retained alerts/source alert"
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:
@@ -99,6 +102,11 @@ class BackendConfig(_Model):
     iou: float = Field(0.45, ge=0, le=1, description="NMS IoU threshold (class-aware)")
     max_det: int = Field(100, ge=1, description="most detections kept per frame")
     classes: list[int] | None = Field(None, description="keep only these class ids (default: all)")
+    max_failure_s: float = Field(
+        30.0,
+        gt=0,
+        description="inference failing on every frame for this long: exit non-zero (systemd restarts)",
+    )
 
 
 class TrackingConfig(_Model):
@@ -222,6 +230,9 @@ class MqttConfig(_Model):
     )
     tls: TlsConfig | None = None
     keepalive_s: int = Field(30, ge=5, description="MQTT keepalive")
+    reconnect_max_s: float = Field(
+        10.0, gt=0, le=300, description="longest wait between reconnect attempts (the delay doubles up to it)"
+    )
     publish_period_s: float = Field(10.0, gt=0, description="period of the counts message")
     status_period_s: float = Field(30.0, gt=0, description="period of the retained status message")
     max_command_bytes: int = Field(4096, ge=64, description="larger inbound commands are rejected")
@@ -369,3 +380,24 @@ def load_config(path: str | os.PathLike[str]) -> EdgeConfig:
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
     return parse_config(text, str(p))
+
+
+# --- reload policy ---------------------------------------------------------------------------------
+
+RESTART_ONLY = ("site", "device", "state_dir", "source", "outbox", "output", "metrics_port")
+"""Sections a reload cannot apply: they belong to resources opened once at start-up."""
+
+
+def reloadable(running: EdgeConfig, new: EdgeConfig) -> tuple[EdgeConfig, list[str]]:
+    """``new`` with the running values of what only a restart can change, and the names of those kept.
+
+    The MQTT connection stays as it is too, except its publish and status periods.
+    """
+    keep: dict[str, Any] = {
+        k: getattr(running, k) for k in RESTART_ONLY if getattr(new, k) != getattr(running, k)
+    }
+    periods = {"publish_period_s": new.mqtt.publish_period_s, "status_period_s": new.mqtt.status_period_s}
+    mqtt = running.mqtt.model_copy(update=periods)
+    if mqtt != new.mqtt:
+        keep["mqtt"] = mqtt
+    return (new.model_copy(update=keep) if keep else new), sorted(keep)

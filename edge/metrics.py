@@ -40,6 +40,9 @@ class Metrics:
             "lanecount_source_reconnects", "Times the source was reopened", registry=r
         )
         self.alerts = Gauge("lanecount_alerts_active", "Restock alerts raised now", registry=r)
+        self.source_up = Gauge(
+            "lanecount_source_up", "1 while frames arrive, 0 while the source is down", registry=r
+        )
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         """Record one frame's stage timings (milliseconds)."""

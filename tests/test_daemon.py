@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,14 +32,43 @@ import yaml
 from broker import Broker, Received, Subscriber, validate, wait_until
 from conftest import DEMO_ONNX, ROOT
 
+from edge.counts import Counts
 from edge.daemon import Daemon
-from edge.outbox import Outbox
-from edge.store import CountStore
 
 SITE, DEVICE = "s1", "d1"
 BASE = f"lanecount/{SITE}/{DEVICE}"
 SEED, SECONDS = 10, 10  # seed 10: 5 crossings in 10 s, one of them "out" (a pulled-back milk carton)
 MODEL_VERSION = json.loads(DEMO_ONNX.with_suffix(".json").read_text())["version"]
+
+
+class StateView:
+    """A read-only look at a daemon's state database (a writable reader would checkpoint its WAL)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.path = tmp / "state" / "state.db"
+
+    def _rows(self, sql: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    def totals(self) -> dict[str, Any]:
+        return Counts.from_rows(self._rows("SELECT line, direction, class_name, n FROM counts")).to_json()
+
+    def pending(self) -> list[int]:
+        return [s for (s,) in self._rows("SELECT seq FROM outbox ORDER BY seq")]
+
+    def depth(self) -> int:
+        return len(self.pending())
+
+    def last_seq(self) -> int:
+        rows = self._rows("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+        return int(rows[0][0]) if rows else 0
+
+    def epoch(self) -> str:
+        return json.loads(self._rows("SELECT value FROM meta WHERE key = 'epoch'")[0][0])
 
 
 @dataclass(frozen=True)
@@ -238,8 +268,7 @@ def test_recording_run_counts_the_ground_truth_and_writes_tracks_and_video(video
 
     assert json.loads((out / "counts.json").read_text())["lines"] == video.lines
     # The durable store agrees with the run's own counts.
-    with CountStore(tmp_path / "state" / "counts.db") as store:
-        assert store.totals() == video.lines
+    assert StateView(tmp_path).totals() == video.lines
 
     names = ",".join(json.loads(DEMO_ONNX.with_suffix(".json").read_text())["names"])
     stats = subprocess.run(
@@ -380,9 +409,9 @@ def test_broker_outage_mid_run_loses_nothing(video, tmp_path, mosquitto_persiste
         assert daemon.wait() == 0, daemon.stderr()
         assert "MQTT disconnected" in daemon.stderr()
 
-        with Outbox(tmp_path / "state" / "outbox.db", 100_000) as outbox:
-            assert outbox.depth() == 0  # everything was acknowledged by the broker
-            last = outbox.last_seq()
+        state = StateView(tmp_path)
+        assert state.depth() == 0  # everything was acknowledged by the broker
+        last = state.last_seq()
         assert wait_until(lambda: any(s == last for s, _ in unique_by_seq(sub.messages)))
         seqs = [s for s, _ in unique_by_seq(sub.messages)]
         assert seqs == list(range(1, last + 1))  # none lost, first arrivals in seq order
@@ -407,21 +436,15 @@ def test_sigkill_then_restart_continues_counts_and_sends_the_outbox(
         assert wait_until(lambda: len(sub.on("/events/crossing")) >= 1, timeout=30), first.stderr()
         # With the broker gone, what the daemon counts from now on waits in its outbox when it dies.
         broker.stop()
-        outbox_db = tmp_path / "state" / "outbox.db"
-
-        def pending() -> int:
-            with Outbox(outbox_db, 100_000) as box:
-                return box.depth()
-
-        assert wait_until(lambda: pending() >= 3, timeout=20)
+        state = StateView(tmp_path)
+        assert wait_until(lambda: state.depth() >= 3, timeout=20)
         first.signal(signal.SIGKILL)
         assert first.wait() == -signal.SIGKILL
-        with Outbox(outbox_db, 100_000) as box:
-            left = [m.seq for m in box.pending(100_000)]
-            first_last_seq = box.last_seq()
+        left = state.pending()
+        first_last_seq = state.last_seq()
         assert left and left[-1] == first_last_seq
-        with CountStore(tmp_path / "state" / "counts.db") as store:
-            killed_totals = store.totals()
+        killed_totals = state.totals()
+        epoch = state.epoch()
 
         broker.start()
         second = spawn(config)
@@ -432,9 +455,9 @@ def test_sigkill_then_restart_continues_counts_and_sends_the_outbox(
         second.signal(signal.SIGTERM)
         assert second.wait() == 0, second.stderr()
 
-        with Outbox(outbox_db, 100_000) as box:
-            assert box.depth() == 0
-            last = box.last_seq()
+        assert state.depth() == 0
+        assert state.epoch() == epoch  # a crash with its WAL intact continues the same stream
+        last = state.last_seq()
         assert wait_until(lambda: any(s == last for s, _ in unique_by_seq(sub.messages)))
         by_seq = unique_by_seq(sub.messages)
         assert [s for s, _ in by_seq] == list(range(1, last + 1))  # no gap across the two runs
@@ -446,8 +469,7 @@ def test_sigkill_then_restart_continues_counts_and_sends_the_outbox(
         assert run1 and run2
         assert total(run2[0]["cumulative"]) >= total(run1[-1]["cumulative"])
         assert total(run2[0]["cumulative"]) >= total(killed_totals)
-        with CountStore(tmp_path / "state" / "counts.db") as store:
-            assert run2[-1]["cumulative"] == store.totals()
+        assert run2[-1]["cumulative"] == state.totals()
     finally:
         sub.close()
 
@@ -492,14 +514,12 @@ def test_sighup_reloads_rejects_a_broken_config_and_sigterm_stops_cleanly(
     assert "stopped after" in err
     assert wait_until(lambda: payloads(subscriber, "/status")[-1]["state"] == "offline")
     assert retained(mosquitto, f"{BASE}/status")["reason"] == "shutdown"
-    with CountStore(tmp_path / "state" / "counts.db") as store:
-        assert payloads(subscriber, "/counts")[-1]["cumulative"] == store.totals()
+    assert payloads(subscriber, "/counts")[-1]["cumulative"] == store_totals(tmp_path)
     assert total(store_totals(tmp_path)) > 0
 
 
 def store_totals(tmp: Path) -> dict[str, Any]:
-    with CountStore(tmp / "state" / "counts.db") as store:
-        return store.totals()
+    return StateView(tmp).totals()
 
 
 def test_reload_applies_a_new_line_keeps_restart_only_settings_and_rejects_a_missing_model(
@@ -558,7 +578,7 @@ def test_user_mistakes_are_one_line_and_exit_2(case, video, tmp_path, spawn):
     err = daemon.stderr().strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and expected in err, err
-    assert not (tmp_path / "state" / "outbox.db").exists() or case == "missing-video"
+    assert not (tmp_path / "state" / "state.db").exists() or case == "missing-video"
 
 
 @pytest.mark.broker
