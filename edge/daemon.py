@@ -331,12 +331,14 @@ class Daemon:
         now = time.monotonic()
         self._next_counts = now + self.cfg.mqtt.publish_period_s
         self._next_status = now + self.cfg.mqtt.status_period_s
+        # The loop turns at least this often without frames, and feeds the watchdog each turn.
+        turn_s = min(1.0, self.notifier.watchdog_interval or 1.0)
         while not self.signals.stop:
             if self.signals.reload:
                 self._reload()
             self.commands.run_pending(self._execute)
             t0 = time.perf_counter()
-            frame = self.source.read(timeout=1.0)
+            frame = self.source.read(timeout=turn_s)
             if frame is not None:
                 self._handle(frame, (time.perf_counter() - t0) * 1000)
             elif self.source.finished:

@@ -136,7 +136,9 @@ class Publisher:
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
         )
-        client.enable_logger(log.getChild("paho"))
+        paho_log = log.getChild("paho")
+        paho_log.addFilter(_not_while_connecting)
+        client.enable_logger(paho_log)
         client.suppress_exceptions = True
         client.max_inflight_messages_set(self.max_inflight)
         client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]
@@ -401,6 +403,11 @@ class Publisher:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected = False
+
+
+def _not_while_connecting(record: logging.LogRecord) -> bool:
+    """Drop paho's ERROR for every loop turn without a connection: ``_on_connect_fail`` says it once."""
+    return not record.getMessage().startswith("Client is not connected")
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:

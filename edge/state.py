@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,6 +277,8 @@ class StateStore:
         """Mark a clean stop, then close (the close checkpoints the WAL into the database)."""
         try:
             self._set_meta(clean=True)
+        except sqlite3.Error as exc:  # e.g. the full disk that ended the run: the next start will say so
+            log.error("%s: could not mark a clean stop: %s", self.db.path, exc)
         finally:
             self.db.close()
 

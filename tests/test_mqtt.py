@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -370,3 +371,16 @@ def test_command_round_trip_and_bad_commands_get_error_replies(mosquitto, tmp_pa
     assert "empty payload" in sub.on("/cmd/result")[-1].json()["message"] and len(calls) == 4
     pub.stop()
     sub.close()
+
+
+def test_a_failed_connect_is_logged_with_host_port_and_cause(tmp_path, caplog):
+    from broker import free_port
+
+    port = free_port()  # nothing listens there
+    pub = Publisher(MqttConfig(port=port, reconnect_max_s=2), "s", "d", Outbox(tmp_path / "o.db", 10))
+    with caplog.at_level(logging.WARNING, logger="edge.mqtt"):
+        pub.start()
+        assert wait_until(lambda: "failed" in caplog.text, timeout=10)
+        pub.stop(timeout=1)
+    assert f"MQTT connect to 127.0.0.1:{port} failed: [Errno 111] Connection refused" in caplog.text
+    assert pub._client._reconnect_max_delay == 2  # the cap from mqtt.reconnect_max_s, not paho's 120 s
