@@ -78,6 +78,47 @@ def test_broken_yaml_gives_a_line() -> None:
     assert problem.startswith("edge.yaml:") and "not valid YAML" in problem
 
 
+def test_a_key_given_twice_is_an_error_at_both_lines() -> None:
+    # Plain YAML keeps the last one: a second state_dir silently moved the state.
+    problems = _problems("state_dir: /var/lib/a\nsite: s\nstate_dir: /tmp/b\nmqtt:\n  host: a\n  host: b\n")
+    assert problems == [
+        "edge.yaml:3: state_dir: duplicate key (first at line 1); YAML would silently keep only the last one",
+        "edge.yaml:6: mqtt.host: duplicate key (first at line 5); YAML would silently keep only the last one",
+    ]
+
+
+def test_a_key_given_twice_inside_a_list_entry_names_the_entry() -> None:
+    text = "counting:\n  lines:\n    - name: a\n      start: [0, 0]\n      end: [1, 1]\n      name: b\n"
+    (problem,) = _problems(text)
+    assert problem.startswith("edge.yaml:6: counting.lines.0.name: duplicate key (first at line 3)")
+
+
+def test_duplicate_keys_and_type_errors_are_reported_together() -> None:
+    problems = _problems("site: a\nsite: b\nbackend:\n  conf: 2\n")
+    assert [p.split(": ")[:2] for p in problems] == [["edge.yaml:2", "site"], ["edge.yaml:4", "backend.conf"]]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "why"),
+    [
+        ("lanecount/#", "wildcard '#'"),
+        ("shop/+/lanecount", "wildcard '+'"),
+        ("/lanecount", "starts or ends with '/'"),
+        ("lanecount/", "starts or ends with '/'"),
+        ("lane//count", "empty level"),
+        ("''", "empty level"),
+        ("$SYS/lanecount", "starts with '$'"),
+    ],
+)
+def test_a_prefix_that_cannot_be_published_to(prefix: str, why: str) -> None:
+    (problem,) = _problems(f"mqtt:\n  host: b\n  prefix: {prefix}\n")
+    assert problem.startswith("edge.yaml:3: mqtt.prefix: topic prefix ") and why in problem
+
+
+def test_a_prefix_with_levels_is_fine() -> None:
+    assert parse_config("mqtt: {prefix: chain/lanecount}").mqtt.prefix == "chain/lanecount"
+
+
 def test_replay_needs_only_counting() -> None:
     cfg = parse_config("counting: {lines: [{name: lane, start: [320, 0], end: [320, 480]}]}")
     assert cfg.tracking.distance == "iou" and cfg.model is None
@@ -95,7 +136,13 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
         f"error: {bad}:2: mqtt.port: Input should be greater than or equal to 1"
     ]
     assert "Traceback" not in res.stderr
-    ok = subprocess.run([*run, str(EXAMPLE)], capture_output=True, text=True)
+    # The example is a template: its model and lines are good, its recording is for the user to supply.
+    example = subprocess.run([*run, str(EXAMPLE)], capture_output=True, text=True)
+    assert example.returncode == 2
+    assert example.stderr.strip().splitlines() == [
+        f"error: {EXAMPLE}:12: source.path: {EXAMPLE.parent / 'recordings' / 'lane-03.mp4'} is not a file"
+    ]
+    ok = subprocess.run([*run, "--replay", str(EXAMPLE)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     missing = subprocess.run([*run, str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read config" in missing.stderr
