@@ -283,6 +283,12 @@ class EdgeConfig(_Model):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="serve Prometheus metrics on this port"
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address the metrics port binds: loopback unless a remote Prometheus must reach it "
+        "(0.0.0.0: every interface)",
+    )
 
     def state_path(self) -> Path:
         """Directory of the durable state: ``$STATE_DIRECTORY`` under systemd, else ``state_dir``."""
