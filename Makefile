@@ -7,11 +7,12 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast lint check bench demo demo-model clean
+.PHONY: help venv system-deps test test-fast test-edge lint check bench demo demo-model clean
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
 	@echo "make test      set up .venv and system packages, then run the whole test suite"
+	@echo "make test-edge the edge tests and mypy on Python 3.10 (JetPack 6) with only lanecount[edge,dev]"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
@@ -48,6 +49,31 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
+# --- The Jetson's Python: 3.10 with only the edge extra (no torch, no ultralytics) ---------------------
+EDGE_VENV ?= .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
+# pyenv's newest 3.10 when there is one, else python3.10 on PATH; override with PYTHON310=/path/to/python3.10.
+PYTHON310 ?= $(shell root="$$(pyenv root 2>/dev/null)"; \
+	ls -d "$$root"/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V | tail -n 1 | grep . \
+	|| command -v python3.10)
+# The tests of train/ and export/: they need the train/export extras, which a Jetson never installs.
+NOT_EDGE_TESTS := tests/test_dataset.py tests/test_evaluate.py tests/test_export.py tests/test_synth.py
+
+$(EDGE_STAMP): pyproject.toml
+	@[ -n "$(PYTHON310)" ] || { echo "make test-edge needs Python 3.10 (JetPack 6's Python): \
+	pyenv install 3.10, or apt-get install python3.10-venv, or pass PYTHON310=/path/to/python3.10"; exit 1; }
+	@"$(PYTHON310)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' \
+		|| { echo "$(PYTHON310) is not Python 3.10"; exit 1; }
+	"$(PYTHON310)" -m venv --clear $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(EDGE_VENV)/bin/python -m pip install -q -e '.[edge,dev]'
+	touch $@
+
+test-edge: system-deps $(EDGE_STAMP)
+	@! $(EDGE_VENV)/bin/python -c 'import torch' 2>/dev/null || { echo "$(EDGE_VENV) has torch: rm -rf $(EDGE_VENV) and run again"; exit 1; }
+	$(EDGE_VENV)/bin/python -m pytest -q $(addprefix --ignore=,$(NOT_EDGE_TESTS))
+	$(EDGE_VENV)/bin/mypy edge
+
 lint: venv
 	$(VENV)/bin/ruff check edge train export tests
 	$(VENV)/bin/ruff format --check edge train export tests
@@ -67,4 +93,4 @@ demo-model: venv
 	$(PY) -m train.demo_model
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache demo-out bench-out
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache demo-out bench-out $(EDGE_VENV)

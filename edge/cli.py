@@ -81,14 +81,14 @@ def check_config(
     path: Annotated[Path, typer.Argument(help="YAML config file")],
     replay_only: Annotated[bool, typer.Option("--replay", help="check only what replay needs")] = False,
 ) -> None:
-    """Validate a config file; prints every problem as file:line: field: message."""
-    from edge.config import load_config, require_for_run
+    """Validate a config file as ``run`` does; prints every problem as file:line: field: message."""
+    from edge.config import load_config
+    from edge.validate import validate_for_run
 
     cfg = load_config(path)
-    if not replay_only:
-        require_for_run(cfg, str(path))
+    model = "" if replay_only else f", model {validate_for_run(cfg, path).version}"
     lines = ", ".join(line.name for line in cfg.counting.lines) or "none"
-    typer.echo(f"{path}: ok (site {cfg.site}, device {cfg.device}, lines: {lines})")
+    typer.echo(f"{path}: ok (site {cfg.site}, device {cfg.device}, lines: {lines}{model})")
 
 
 @app.command()

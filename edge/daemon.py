@@ -42,6 +42,7 @@ from edge.errors import CommandError, ConfigError, FatalError, InferenceError, L
 from edge.messages import Clock, alert_message, crossing_message, source_alert_message
 from edge.metrics import Metrics
 from edge.model import ModelInfo, load_model_info
+from edge.validate import validate_for_run
 from edge.mqtt import Publisher
 from edge.notify import Notifier
 from edge.outputs import Outputs
@@ -169,7 +170,8 @@ class Daemon:
     def _start(self) -> bool:
         """Open everything; ``False`` when there is nothing to do (a recording already counted)."""
         assert self.cfg.source is not None
-        self.model, self.pipeline = self._load_model(self.cfg)
+        # The same checks as check-config, all reported at once before anything is opened.
+        self.model, self.pipeline = self._load_model(self.cfg, validate_for_run(self.cfg, self.config_path))
         self._defer("detector", lambda: self.pipeline.detector.close())
         self._open_state()
         if not self._plan_recording():
@@ -264,7 +266,8 @@ class Daemon:
         if not self.cfg.metrics_port:
             return
         try:
-            self.metrics.serve(self.cfg.metrics_port)
+            self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
+            self._defer("metrics", self.metrics.close)
         except OSError as exc:
             raise ConfigError(
                 f"{self.config_path}: metrics_port: cannot serve on port {self.cfg.metrics_port}: "
@@ -537,8 +540,7 @@ class Daemon:
         cfg, kept = reloadable(self.cfg, cfg)
         if kept:
             log.warning("reload: %s changed; that takes effect after a restart", ", ".join(kept))
-        assert cfg.model is not None
-        info = load_model_info(cfg.model, base_dir=self.config_path.parent)
+        info = validate_for_run(cfg, self.config_path)
         if info != self.model or cfg.backend != self.cfg.backend:
             info, fresh = self._load_model(cfg, info)
             pipeline = self.pipeline.reconfigured(cfg, info.names, fresh.detector)
