@@ -42,13 +42,13 @@ from edge.errors import CommandError, ConfigError, FatalError, InferenceError, L
 from edge.messages import Clock, alert_message, crossing_message, source_alert_message
 from edge.metrics import Metrics
 from edge.model import ModelInfo, load_model_info
-from edge.validate import validate_for_run
 from edge.mqtt import Publisher
 from edge.notify import Notifier
 from edge.outputs import Outputs
 from edge.pipeline import FrameResult, Pipeline
 from edge.sources import Frame, ReadAhead, Source, open_source, recording_identity
 from edge.state import FrameCommit, OutMessage, Progress, StateStore
+from edge.validate import validate_for_run
 
 log = logging.getLogger("lanecount")
 

@@ -573,7 +573,10 @@ MISTAKES = {
     "missing-model": ({"model": {"path": "/nonexistent/model.onnx"}}, "model file not found"),
     "corrupt-model": ({"model": {"path": "CORRUPT"}}, "not a valid ONNX model"),
     "class-count": ({"model": {"path": str(DEMO_ONNX), "names": ["a", "b", "c"]}}, "names 3 classes"),
-    "missing-video": ({"source": {"type": "file", "path": "/nonexistent/video.mp4"}}, "video file not found"),
+    "missing-video": (
+        {"source": {"type": "file", "path": "/nonexistent/video.mp4"}},
+        "video.mp4 is not a file",
+    ),
 }
 
 
