@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sqlite3
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from edge.alerts import Alert, AlertEngine
@@ -39,6 +35,7 @@ from edge.commands import Command, CommandBridge, ResetCommand, RestockedCommand
 from edge.config import EdgeConfig, load_config, reloadable, require_for_run
 from edge.counts import Counts, class_name
 from edge.errors import CommandError, ConfigError, FatalError, InferenceError, LanecountError
+from edge.health import FailureClock, FpsMeter, Signals
 from edge.messages import Clock, alert_message, crossing_message, source_alert_message
 from edge.metrics import Metrics
 from edge.model import ModelInfo, load_model_info
@@ -54,62 +51,11 @@ log = logging.getLogger("lanecount")
 
 __all__ = ["Daemon", "FrameResult", "Pipeline"]
 
-_FPS_WINDOW_S = 2.0
 _PROGRESS_EVERY_S = 1.0  # a recording's progress is saved at least this often (and with every commit)
 # A resumed recording re-reads this many frames before the first uncounted one, without counting, so
 # the tracker knows the products already on the belt (their side of the line) when counting resumes.
 _RESUME_WARMUP_FRAMES = 90
 _SOURCE_ALERT_KEY = "alert:source"
-
-
-class _Signals:
-    """Signal handlers that only set flags (the loop acts on them between frames)."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.reload = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        """Install the handlers (main thread only; elsewhere the owner sets ``stop`` itself)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, handler in (
-            (signal.SIGTERM, self._on_stop),
-            (signal.SIGINT, self._on_stop),
-            (signal.SIGHUP, self._on_hup),
-        ):
-            self._previous[sig] = signal.signal(sig, handler)
-
-    def restore(self) -> None:
-        """Put back the handlers found by :meth:`install` (a daemon run in-process, e.g. by tests)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        self.stop = True
-
-    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
-        self.reload = True
-
-
-class _Watch:
-    """How long something has been failing: ``since`` is when the current run of failures began."""
-
-    def __init__(self) -> None:
-        self.since: float | None = None
-
-    def failed(self, now: float) -> float:
-        """Record a failure; return for how long it has been failing."""
-        self.since = now if self.since is None else self.since
-        return now - self.since
-
-    def ok(self) -> float | None:
-        """Record a success; return how long the failure lasted, or ``None`` if there was none."""
-        since, self.since = self.since, None
-        return None if since is None else time.monotonic() - since
 
 
 class Daemon:
@@ -135,7 +81,7 @@ class Daemon:
         self.recount = recount
         self.cfg = load_config(self.config_path)
         require_for_run(self.cfg, str(self.config_path))
-        self.signals = _Signals()
+        self.signals = Signals()
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.commands = CommandBridge()
@@ -150,15 +96,15 @@ class Daemon:
         self.exit_code = 0
         self.offline_reason = "shutdown"
         self._closers: list[tuple[str, Callable[[], None]]] = []
-        self._frame_times: deque[float] = deque()
+        self._fps = FpsMeter()
         self._recording: str | None = None  # the recording's identity when it is resumable
         self._resume_at = 0  # frames before this one were counted by an earlier run
         self._last_index = -1
         self._source_down = False  # the retained alerts/source alert is raised
         self._finished = False
         self._next_counts = self._next_status = self._next_progress = 0.0
-        self._no_frames = _Watch()
-        self._inference = _Watch()
+        self._no_frames = FailureClock()
+        self._inference = FailureClock()
         self._ready = False
 
     # --- start-up ------------------------------------------------------------------------------------
@@ -426,7 +372,7 @@ class Daemon:
         self.frames += 1
         self.last_frame_at = time.monotonic()
         self.first_frame_at = self.first_frame_at or self.last_frame_at
-        self._frame_times.append(self.last_frame_at)
+        self._fps.tick(self.last_frame_at)
         self.metrics.observe_stages(result.timings)
         self.metrics.frames.inc()
         self.metrics.tracks.set(len(result.tracked))
@@ -456,7 +402,7 @@ class Daemon:
         self._source_down = raised
 
     def _periodic(self, now: float) -> None:
-        self.fps = self._recent_fps(now)
+        self.fps = self._fps.rate(now)
         if now >= self._next_counts:
             self._next_counts = now + self.cfg.mqtt.publish_period_s
             self._publish_counts()
@@ -473,15 +419,6 @@ class Daemon:
             return
         frames = max(self._resume_at, self._last_index + 1)
         self._commit(FrameCommit(progress=Progress(self._recording, frames, finished=self._finished)))
-
-    def _recent_fps(self, now: float) -> float:
-        """Frames per second over the last two seconds; 0 once frames stop (a stalled camera)."""
-        times = self._frame_times
-        while times and now - times[0] > _FPS_WINDOW_S:
-            times.popleft()
-        if len(times) < 2:
-            return 0.0
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
 
     def _publish_counts(self) -> None:
         if self.publisher is not None:
