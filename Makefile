@@ -18,7 +18,8 @@ help:
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
-# and OpenCV's sample footage (real pictures nobody here made) for smoke tests.
+# OpenCV's sample footage (real pictures nobody here made) for smoke tests, and strace, whose
+# syscall fault injection kills the daemon at every fsync boundary in the state tests.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -26,6 +27,7 @@ system-deps:
 	pkg-config --exists libsystemd 2>/dev/null || missing="$$missing libsystemd-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || missing="$$missing opencv-doc"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.counts import Counts
-from edge.db import open_database
+from edge.db import Database, open_database
+from edge.outbox import _SCHEMA as _OUTBOX_SCHEMA
 from edge.outbox import Outbox
 
 __all__ = ["FrameCommit", "OutMessage", "Progress", "StateStore"]
@@ -121,9 +122,12 @@ class StateStore:
     ) -> None:
         path = Path(path)
         wal_was_there = Path(f"{path}-wal").exists()
+        new = not path.exists()
         self.db, self.recovered = open_database(path)
         with self.db.lock:
             self.db.conn.executescript(_SCHEMA)
+        if new:
+            _migrate_v1(self.db, path.parent)
         self.topic_base = topic_base
         self.envelope = dict(envelope or {})
         self.epoch = self._start_epoch(wal_was_there, time.time() if now is None else now)
@@ -287,3 +291,59 @@ class StateStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _migrate_v1(db: Database, folder: Path) -> None:
+    """Bring the counts, alert state and unsent messages of lanecount 0.1's two databases along.
+
+    0.1 kept ``counts.db`` (counts, interval, state) and ``outbox.db`` beside each other; they are
+    imported once into a new ``state.db`` and renamed ``*.migrated``. Sequence numbers continue.
+    """
+    counts, outbox = folder / "counts.db", folder / "outbox.db"
+    if not counts.exists() and not outbox.exists():
+        return
+    with db.lock:  # ATTACH is not allowed inside a transaction
+        for name, path in (("c", counts), ("o", outbox)):
+            if path.exists():
+                db.conn.execute(f"ATTACH DATABASE ? AS {name}", (str(path),))
+        try:
+            with db.transaction() as conn:
+                if counts.exists():
+                    for table in ("counts", "interval"):
+                        conn.execute(
+                            f"INSERT INTO {table} (line, direction, class_name, n)"
+                            f" SELECT line, direction, class_name, n FROM c.{table}"
+                        )
+                    conn.execute(
+                        "INSERT INTO alert_state (key, value)"
+                        " SELECT key, value FROM c.state WHERE key LIKE 'alert:%'"
+                    )
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta SELECT key, value FROM c.state"
+                        " WHERE key = 'interval_start'"
+                    )
+                if outbox.exists():
+                    conn.execute(_OUTBOX_SCHEMA)
+                    conn.execute(
+                        "INSERT INTO outbox (seq, topic, payload, qos, retain, keep, created)"
+                        " SELECT seq, topic, payload, qos, retain, topic LIKE '%/alerts/%', created"
+                        " FROM o.outbox"
+                    )
+                    # sqlite_sequence has no key on name: replace the row the inserts created.
+                    conn.execute("DELETE FROM main.sqlite_sequence WHERE name = 'outbox'")
+                    conn.execute(
+                        "INSERT INTO main.sqlite_sequence (name, seq)"
+                        " SELECT 'outbox', seq FROM o.sqlite_sequence WHERE name = 'outbox'"
+                    )
+        finally:
+            for name, path in (("c", counts), ("o", outbox)):
+                if path.exists():
+                    db.conn.execute(f"DETACH DATABASE {name}")
+    for old in (counts, outbox):
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(f"{old}{suffix}")
+            if f.exists():
+                f.replace(Path(f"{old}.migrated{suffix}"))
+    log.warning(
+        "%s: imported the counts and outbox of lanecount 0.1 (%s, %s)", folder, counts.name, outbox.name
+    )

@@ -266,3 +266,38 @@ def test_reset_one_line_or_all(tmp_path):
         assert state.reset("b") == 2
         assert state.totals() == Counts.of([("a", "in", "x")])
         assert state.reset() == 1 and state.totals().total() == 0
+
+
+def test_the_two_databases_of_lanecount_0_1_are_imported_once(tmp_path):
+    old = sqlite3.connect(tmp_path / "counts.db")
+    old.executescript(
+        "CREATE TABLE counts (line TEXT, class_name TEXT, direction TEXT, n INTEGER);"
+        "CREATE TABLE interval (line TEXT, class_name TEXT, direction TEXT, n INTEGER);"
+        "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO counts VALUES ('lane', 'apple', 'in', 7), ('lane', 'milk', 'out', 2);"
+        "INSERT INTO interval VALUES ('lane', 'apple', 'in', 1);"
+        "INSERT INTO state VALUES ('alert:depletion:milk', '{\"estimate\": 3, \"raised\": true}');"
+        "INSERT INTO state VALUES ('interval_start', '123.0');"
+    )
+    old.commit()
+    old.close()
+    box = sqlite3.connect(tmp_path / "outbox.db")
+    box.executescript(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT, payload TEXT, qos INTEGER,"
+        " retain INTEGER, created REAL);"
+        "INSERT INTO outbox VALUES (40, 'lc/s/d/counts', '{\"seq\":40}', 1, 0, 1.0);"
+        "INSERT INTO outbox VALUES (41, 'lc/s/d/alerts/restock/depletion/milk', '{\"seq\":41}', 1, 1, 1.0);"
+        "UPDATE sqlite_sequence SET seq = 45 WHERE name = 'outbox';"
+    )
+    box.commit()
+    box.close()
+    with StateStore(tmp_path / "state.db") as state:
+        assert state.totals() == Counts({("lane", "in", "apple"): 7, ("lane", "out", "milk"): 2})
+        assert state.interval() == Counts({("lane", "in", "apple"): 1})
+        assert state.alert_state() == {"alert:depletion:milk": {"estimate": 3, "raised": True}}
+        assert [m.seq for m in state.outbox.pending(10)] == [40, 41]
+        assert state.queue(OutMessage("events/x", {})) == 46  # numbering continues, never reused
+        assert state.outbox.depth() == 3
+    assert (tmp_path / "counts.db.migrated").exists() and not (tmp_path / "counts.db").exists()
+    with StateStore(tmp_path / "state.db") as state:  # imported once, not again at the next start
+        assert state.totals().total() == 9
