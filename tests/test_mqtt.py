@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -384,3 +385,29 @@ def test_a_failed_connect_is_logged_with_host_port_and_cause(tmp_path, caplog):
         pub.stop(timeout=1)
     assert f"MQTT connect to 127.0.0.1:{port} failed: [Errno 111] Connection refused" in caplog.text
     assert pub._client._reconnect_max_delay == 2  # the cap from mqtt.reconnect_max_s, not paho's 120 s
+
+
+def test_a_command_waits_for_a_busy_frame_loop_and_runs_once():
+    # On Python 3.10 Future.result's timeout is concurrent.futures.TimeoutError, not the builtin one:
+    # catching the builtin answered "not executed" after 0.2 s and then ran the command anyway.
+    from edge.commands import CommandBridge, ResetCommand
+
+    bridge = CommandBridge(wait_s=5)
+    ran: list[object] = []
+    timer = threading.Timer(0.7, lambda: bridge.run_pending(lambda c: ran.append(c) or "done"))
+    timer.start()
+    assert bridge.submit(ResetCommand(id="a")) == "done"
+    timer.join()
+    assert len(ran) == 1
+
+
+def test_a_command_the_loop_never_picks_up_is_refused_and_never_runs():
+    from edge.commands import CommandBridge, ResetCommand
+    from edge.errors import CommandError
+
+    bridge = CommandBridge(wait_s=0.3)
+    with pytest.raises(CommandError, match="the frame loop is busy; not executed"):
+        bridge.submit(ResetCommand(id="b"))
+    ran: list[object] = []
+    bridge.run_pending(lambda c: ran.append(c) or "done")
+    assert ran == []
