@@ -119,8 +119,6 @@ def _load_bundle(cfg: ModelConfig, path: Path, base_dir: str | Path | None) -> M
     variant, reason = select_variant(bundle, precision=precision, gpu=gpu)
     if backend == "tensorrt" and variant["kind"] != "engine":
         raise BundleError(f"{path}: backend.type tensorrt needs an engine for this GPU, but: {reason}")
-    if backend != "tensorrt" and variant["kind"] == "engine":  # pragma: no cover - select_variant never does
-        raise BundleError(f"{path}: {variant['file']} is a TensorRT engine; set backend.type: tensorrt")
     dest = _extract_dir(bundle.manifest_bytes, bundle.name, bundle.version, state)
     model_path = dest / "files" / variant["file"]
     sha = bundle.manifest["files"][variant["file"]]["sha256"]

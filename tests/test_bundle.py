@@ -424,3 +424,17 @@ def test_a_new_bundle_version_replaces_the_old_extraction(tmp_path: Path, keys: 
         infos.append(load_model_info(cfg.model))
     assert [i.version for i in infos] == ["1.0", "1.1"] and infos[1].path.read_bytes() == b"model 1.1"
     assert [p.name for p in (tmp_path / "s" / "models").iterdir()] == [infos[1].path.parent.parent.name]
+
+
+def test_an_engine_only_bundle_is_refused_by_onnx_runtime_with_the_bundle_named(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    from edge.config import ModelConfig
+    from edge.model import load_model_info
+
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"plan")
+    variant = {"file": "e.engine", "kind": "engine", "precision": "fp16", "compute_capability": "8.7"}
+    write_bundle(tmp_path / "e.lcb", _manifest({"e.engine": b"plan"}, [variant]), [engine], keys[0])
+    with pytest.raises(BundleError, match=r"e\.lcb: the bundle holds only TensorRT engines"):
+        load_model_info(ModelConfig(path=str(tmp_path / "e.lcb"), public_key=str(keys[1])))
