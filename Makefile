@@ -7,7 +7,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast test-edge lint check bench demo demo-model clean
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export demo demo-model clean
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-edge the edge tests and mypy on Python 3.10 (JetPack 6) with only lanecount[edge,dev]"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
+	@echo "make bench-export  FP32 vs INT8 ONNX: latency, mAP50-95 on val, daemon fps, with ratios"
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
@@ -86,6 +87,15 @@ check: lint test
 bench: venv
 	$(VENV)/bin/lanecount-train synth-video --out bench-out/video --seconds 20 --seed 5
 	$(PY) -m edge.bench --video bench-out/video/video.mp4
+
+# FP32 vs INT8 ONNX on ONNX Runtime CPU: latency, mAP50-95 on val, daemon fps (about 2 minutes).
+bench-export: venv
+	$(VENV)/bin/lanecount-train synth --out bench-out/export-data --images 300 --seed 3 --jobs 2 >/dev/null
+	$(VENV)/bin/lanecount-train synth-video --out bench-out/video --seconds 20 --seed 5
+	mkdir -p bench-out/export && cp edge/models/demo.onnx edge/models/demo.json bench-out/export/
+	$(VENV)/bin/lanecount-export int8 bench-out/export/demo.onnx --data bench-out/export-data/data.yaml
+	$(PY) -m export.bench --fp32 bench-out/export/demo.onnx --int8 bench-out/export/demo.int8.onnx \
+		--data bench-out/export-data/data.yaml --video bench-out/video
 
 demo: venv
 	$(VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11

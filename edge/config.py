@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge.errors import ConfigError
 
@@ -86,13 +94,19 @@ class ModelConfig(_Model):
     """The detector model: a file plus its metadata (class names, imgsz, version)."""
 
     path: str = Field(
-        description="model file: .onnx (onnxruntime), .engine/.plan (tensorrt), .pt (ultralytics)"
+        description="model file: .onnx (onnxruntime), .engine/.plan (tensorrt), .pt (ultralytics), "
+        "or a signed bundle .lcb (lanecount-export bundle)"
     )
     meta: str | None = Field(
         None, description="metadata JSON (names, imgsz, version); default: the model path with .json"
     )
     names: list[str] | None = Field(None, description="class names; overrides the metadata")
     imgsz: int | None = Field(None, ge=32, description="network input size; overrides the metadata")
+    public_key: str | None = Field(
+        None, description="ed25519 public key (signing.pub) a bundle must be signed with; required for .lcb"
+    )
+    # Set by EdgeConfig: what edge.model needs to pick a bundle's variant and where to extract it.
+    _bundle_context: tuple[str, str, str] | None = PrivateAttr(None)
 
 
 class BackendConfig(_Model):
@@ -111,6 +125,10 @@ class BackendConfig(_Model):
         30.0,
         gt=0,
         description="inference failing on every frame for this long: exit non-zero (systemd restarts)",
+    )
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32",
+        description="bundles: int8 runs the INT8 ONNX variant on ONNX Runtime; engines of it preferred",
     )
 
 
@@ -300,6 +318,13 @@ class EdgeConfig(_Model):
         description="address the metrics port binds: loopback unless a remote Prometheus must reach it "
         "(0.0.0.0: every interface)",
     )
+
+    @model_validator(mode="after")
+    def _pass_bundle_context(self) -> EdgeConfig:
+        # A bundle's variant depends on the backend, and its files are extracted under the state dir.
+        if self.model is not None:
+            self.model._bundle_context = (self.backend.type, self.backend.precision, str(self.state_path()))
+        return self
 
     def state_path(self) -> Path:
         """Directory of the durable state: ``$STATE_DIRECTORY`` under systemd, else ``state_dir``."""

@@ -8,6 +8,13 @@ The metadata comes from, in order of precedence:
 3. what Ultralytics embedded in the model: the ONNX ``metadata_props`` (read through ONNX Runtime), or
    the JSON header it writes in front of a TensorRT plan.
 
+``model.path`` may also be a signed bundle (``.lcb``, :mod:`edge.bundle`): it is verified with
+``model.public_key``, the variant for this device is chosen (an engine built for this GPU and TensorRT
+version, else the INT8 ONNX model when ``backend.precision`` is ``int8``, else the FP32 ONNX model), the
+choice and its reason are logged, and the bundle is extracted under ``<state_dir>/models`` (or a
+temporary directory removed at exit when no config says where). :class:`ModelInfo` then points at the
+extracted variant and carries the manifest's version.
+
 Example:
     >>> info = load_model_info(ModelConfig(path="edge/models/demo.onnx"))
     >>> info.names[:2], info.imgsz
@@ -17,8 +24,13 @@ Example:
 from __future__ import annotations
 
 import ast
+import atexit
 import hashlib
 import json
+import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +41,9 @@ from edge.errors import ModelError
 __all__ = ["DEFAULT_MODEL", "ModelInfo", "file_sha256", "load_model_info", "split_engine_header"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
+BUNDLE_SUFFIX = ".lcb"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,8 @@ class ModelInfo:
         imgsz: square network input size in pixels.
         version: the model's version (metadata ``version``; else the first 12 hex digits of ``sha256``).
         sha256: checksum of the model file, reported in the device status.
+        bundle: the ``.lcb`` the model came from, if any.
+        variant: the bundle variant chosen, e.g. ``onnx int8``, and why.
     """
 
     path: Path
@@ -48,6 +65,8 @@ class ModelInfo:
     imgsz: int
     version: str
     sha256: str
+    bundle: Path | None = None
+    variant: str | None = None
 
     @property
     def nc(self) -> int:
@@ -72,6 +91,8 @@ def load_model_info(cfg: ModelConfig, base_dir: str | Path | None = None) -> Mod
     path = _resolve(cfg.path, base_dir)
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
+    if path.suffix.lower() == BUNDLE_SUFFIX:
+        return _load_bundle(cfg, path, base_dir)
     meta_path = _resolve(cfg.meta, base_dir) if cfg.meta else path.with_suffix(".json")
     if cfg.meta and not meta_path.is_file():
         raise ModelError(f"{meta_path}: model metadata file not found")
@@ -81,6 +102,99 @@ def load_model_info(cfg: ModelConfig, base_dir: str | Path | None = None) -> Mod
     digest = file_sha256(path)
     version = str(meta.get("version") or digest[:12])
     return ModelInfo(path=path, names=names, imgsz=imgsz, version=version, sha256=digest)
+
+
+def _load_bundle(cfg: ModelConfig, path: Path, base_dir: str | Path | None) -> ModelInfo:
+    """Verify the bundle, choose this device's variant, extract it; the manifest is the metadata."""
+    from edge.bundle import BundleError, local_gpu, read_bundle, select_variant
+
+    if not cfg.public_key:
+        raise BundleError(
+            f"{path}: model.public_key is required to run a bundle (the signing.pub it is signed with)"
+        )
+    bundle = read_bundle(path, _resolve(cfg.public_key, base_dir))
+    backend, precision, state = cfg._bundle_context or ("onnxruntime", "fp32", None)
+    # Only the TensorRT backend runs engines; ONNX Runtime never gets one.
+    gpu = local_gpu() if backend == "tensorrt" else None
+    variant, reason = select_variant(bundle, precision=precision, gpu=gpu)
+    if backend == "tensorrt" and variant["kind"] != "engine":
+        raise BundleError(f"{path}: backend.type tensorrt needs an engine for this GPU, but: {reason}")
+    dest = _extract_dir(bundle.manifest_bytes, bundle.name, bundle.version, state)
+    model_path = dest / "files" / variant["file"]
+    sha = bundle.manifest["files"][variant["file"]]["sha256"]
+    if not _extracted(dest, bundle.manifest_bytes, model_path, sha):
+        _extract(bundle, dest)
+    label = f"{variant['kind']} {variant['precision']}"
+    log.info(
+        "model bundle %s version %s: running %s (%s)", path.name, bundle.version, variant["file"], reason
+    )
+    names = _parse_names(cfg.names if cfg.names is not None else bundle.names, path)
+    imgsz = _parse_imgsz(cfg.imgsz if cfg.imgsz is not None else bundle.imgsz, path)
+    return ModelInfo(
+        path=model_path,
+        names=names,
+        imgsz=imgsz,
+        version=bundle.version,
+        sha256=sha,
+        bundle=path,
+        variant=f"{label}: {reason}",
+    )
+
+
+def _extract_dir(manifest: bytes, name: str, version: str, state: str | None) -> Path:
+    """``<state>/models/<name>--<version>-<manifest digest>``: one directory per signed manifest."""
+    digest = hashlib.sha256(manifest).hexdigest()[:12]
+    root = Path(state) / "models" if state else _temp_root()
+    return root / f"{_safe(name)}--{_safe(version)}-{digest}"
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in text).lstrip(".") or "_"
+
+
+_TEMP_ROOT: list[Path] = []
+
+
+def _temp_root() -> Path:
+    """A process-wide temporary directory for bundles loaded without a config, removed at exit."""
+    if not _TEMP_ROOT:
+        _TEMP_ROOT.append(Path(tempfile.mkdtemp(prefix="lanecount-models-")))
+        atexit.register(shutil.rmtree, _TEMP_ROOT[0], True)
+    return _TEMP_ROOT[0]
+
+
+def _extracted(dest: Path, manifest: bytes, model_path: Path, sha256: str) -> bool:
+    """Whether an earlier extraction of this very manifest is intact (re-hashes the model file)."""
+    try:
+        return (dest / "manifest.json").read_bytes() == manifest and file_sha256(model_path) == sha256
+    except OSError:
+        return False
+
+
+def _extract(bundle: Any, dest: Path) -> None:
+    """Extract beside ``dest`` and rename into place, so a crash never leaves half a model there."""
+    from edge.bundle import BundleError
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as exc:
+        raise BundleError(
+            f"{bundle.path}: cannot extract into {dest.parent}: {exc.strerror or exc}"
+        ) from None
+    try:
+        bundle.extract(tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Older extractions of this model are caches of other bundles: a rollback re-extracts from its .lcb.
+    # (A detector still using one keeps its open file or the bytes it already read.)
+    name = dest.name.split("--", 1)[0]
+    for old in dest.parent.glob(f"{name}--*"):
+        if old != dest and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("removed the extraction of an older bundle: %s", old)
 
 
 def split_engine_header(data: bytes) -> tuple[dict[str, Any] | None, bytes]:
