@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 
 from train.labels import Box, LabelFile, label_path, read_labels
-from train.layout import SPLITS, Layout, load_layout, resolve, write_fixed
+from train.layout import SPLITS, TEMP_EXTRACTIONS, DatasetError, Layout, load_layout, resolve, write_fixed
 
-__all__ = ["CheckReport", "check"]
+__all__ = ["CheckReport", "check", "image_problem", "require_clean"]
 
 
 # --- check ---------------------------------------------------------------------------------------------
@@ -35,7 +35,7 @@ class CheckReport:
         split_class_counts: per split, per class name: instances.
         errors: ``file:line: problem`` lines (paths relative to the root).
         warnings: things worth a look that do not stop training.
-        fixes: repairs made to data.yaml (or proposed, with ``fix=False``).
+        fixes: repairs written to data.yaml.
         plots: ``class_distribution`` and ``samples`` PNG paths.
     """
 
@@ -48,6 +48,7 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     fixes: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
     plots: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -109,7 +110,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [fmt.format(*r) for r in cells]
 
 
-def _image_ok(path: Path) -> str | None:
+def image_problem(path: Path) -> str | None:
+    """Why an image file cannot be used (empty, unreadable), or ``None`` when it opens."""
     if path.stat().st_size == 0:
         return "empty image file"
     try:
@@ -132,7 +134,7 @@ def _check_split(layout: Layout, split: str, report: CheckReport) -> dict[Path, 
     per_class: Counter[str] = Counter()
     labels: dict[Path, LabelFile] = {}
     for image in layout.images[split]:
-        problem = _image_ok(image)
+        problem = image_problem(image)
         if problem:
             report.errors.append(f"{layout.rel(image)}: {problem}")
         lbl = label_path(image)
@@ -183,23 +185,50 @@ def check(path: Path, out_dir: Path | None = None, fix: bool = True, plots: bool
     """
     root, data_yaml = resolve(path)
     layout = load_layout(data_yaml)
-    report = CheckReport(root, data_yaml, layout.names, fixes=list(layout.fixes))
+    report = CheckReport(root, data_yaml, layout.names)
     report.errors += layout.problems
     if layout.fixes and fix and not layout.problems:
         write_fixed(layout)
+        report.fixes = list(layout.fixes)
         report.warnings.append(f"{data_yaml.name} repaired (original kept as {data_yaml.name}.bak)")
     elif layout.fixes:
-        report.errors += [f"{f} (not repaired)" for f in layout.fixes]
+        why = "not repaired: --no-fix" if not fix else "not repaired while data.yaml has errors"
+        report.pending = [f"{f} ({why})" for f in layout.fixes]
+        report.errors += report.pending
     labels: dict[Path, LabelFile] = {}
     for split in SPLITS:
         labels.update(_check_split(layout, split, report))
     report.class_counts = {n: sum(report.split_class_counts[s][n] for s in SPLITS) for n in layout.names}
     report.warnings += _distribution_warnings(report)
     if plots:
-        out = Path(out_dir) if out_dir else root / "check"
+        zip_path = TEMP_EXTRACTIONS.get(root) or TEMP_EXTRACTIONS.get(root.parent)
+        default = zip_path.with_name(f"{zip_path.stem}-check") if zip_path else root / "check"
+        out = Path(out_dir) if out_dir else default  # never inside a temp extraction removed at exit
         out.mkdir(parents=True, exist_ok=True)
         report.plots["class_distribution"] = _plot_distribution(report, out / "class_distribution.png")
         report.plots["samples"] = _sample_grid(layout, labels, out / "samples.png")
+    return report
+
+
+def require_clean(path: Path, force: bool, action: str) -> CheckReport:
+    """Check a dataset before ``action`` (fit, split) uses it; refuse on errors unless ``force``.
+
+    Ultralytics silently skips bad images and labels, and a split copies them on; both hide the
+    problem from the person who could fix it. Path repairs that ``check`` would write are not errors
+    here: the tools make them in memory.
+
+    Raises:
+        DatasetError: the check found errors and ``force`` is off; names the first ones.
+    """
+    report = check(path, fix=False, plots=False)
+    errors = [e for e in report.errors if e not in report.pending]
+    if errors and not force:
+        shown = "; ".join(errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise DatasetError(
+            f"{report.data_yaml}: {len(errors)} dataset error(s): {shown}{more}. "
+            f"Fix them (lanecount-train check lists all) or {action} with --force"
+        )
     return report
 
 

@@ -122,11 +122,14 @@ def split(
     fractions: Annotated[str, typer.Option(help="train,val,test shares.")] = "0.7,0.2,0.1",
     seed: Annotated[int, typer.Option(help="Shuffle seed.")] = 0,
     link: Annotated[bool, typer.Option(help="Hardlink images instead of copying.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Split despite dataset errors (bad files are left out).")
+    ] = False,
 ) -> None:
     """Re-split a dataset into train/val/test, stratified by each image's rarest class."""
     from train.dataset import split as run_split
 
-    result = run_split(src, out, _fractions(fractions), seed=seed, link=link)
+    result = run_split(src, out, _fractions(fractions), seed=seed, link=link, force=force)
     for name, n in result.images.items():
         typer.echo(f"{name}: {n} images, {result.negatives[name]} negatives, {result.instances[name]}")
     typer.echo(f"data.yaml: {result.data_yaml}")
@@ -147,6 +150,10 @@ def merge(
         typer.echo(f"{prefix}: " + ", ".join(f"{old}→{new}" for old, new in mapping.items()))
     for line in result.dropped:
         typer.echo(f"dropped {line}", err=True)
+    for line in result.duplicates:
+        typer.echo(f"skipped duplicate {line}", err=True)
+    if result.duplicates:
+        typer.echo(f"{len(result.duplicates)} duplicate image(s) left out")
     typer.echo(f"data.yaml: {result.data_yaml}")
 
 
@@ -158,11 +165,18 @@ def autolabel(
     conf: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum confidence.")] = 0.25,
     policy: Annotated[str, typer.Option(help="keep, replace or merge.")] = "keep",
     iou: Annotated[float, typer.Option(min=0.0, max=1.0, help="merge: IoU that marks a duplicate.")] = 0.5,
+    review_conf: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="List images with a box below this in review.txt.")
+    ] = 0.5,
 ) -> None:
-    """Pre-label images with a detector; existing labels are kept, replaced or merged."""
+    """Pre-label images with a detector; existing labels are kept, replaced or merged.
+
+    Writes autolabel.csv (confidences), review.txt (images to check first) and, for a plain folder,
+    classes.txt.
+    """
     from train.autolabel import autolabel as run_autolabel
 
-    report = run_autolabel(source, model, out, conf=conf, policy=policy, iou=iou)
+    report = run_autolabel(source, model, out, conf=conf, policy=policy, iou=iou, review_conf=review_conf)
     typer.echo(report.to_text())
 
 
@@ -180,12 +194,13 @@ def fit(
     close_mosaic: Annotated[int, typer.Option(help="Turn mosaic off for the last N epochs.")] = 10,
     device: Annotated[str | None, typer.Option(help="cpu, 0, 0,1, ...")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    project: Annotated[str, typer.Option(help="Runs folder.")] = "runs/fit",
+    project: Annotated[str, typer.Option(help="Runs folder (relative: to this folder).")] = "runs/fit",
     name: Annotated[str, typer.Option(help="Run name.")] = "train",
-    resume: Annotated[Path | None, typer.Option(help="Resume from this last.pt.")] = None,
-    plots: Annotated[bool | None, typer.Option("--plots/--no-plots", help="Training plots.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Resume an unfinished run from its last.pt.")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Training curves (results.png).")] = True,
+    force: Annotated[bool, typer.Option(help="Train despite dataset check errors.")] = False,
 ) -> None:
-    """Fine-tune YOLOv8 on a dataset."""
+    """Fine-tune YOLOv8 on a dataset (checked first); results go under --project in this folder."""
     from train.fit import FitOptions
     from train.fit import fit as run_fit
 
@@ -204,12 +219,22 @@ def fit(
         project=project,
         name=name,
         plots=plots,
+        force=force,
     )
     result = run_fit(data, opts, resume=resume)
-    typer.echo(f"best: {result.best}")
-    typer.echo(f"last: {result.last}")
     for key, value in result.metrics.items():
         typer.echo(f"{key}: {value:.4f}")
+    typer.echo(f"run: {_shown(result.save_dir)}")
+    typer.echo(f"last: {_shown(result.last)}")
+    typer.echo(f"best: {_shown(result.best)}")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it (what the next command types)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _register_eval(target: typer.Typer) -> None:
