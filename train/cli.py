@@ -237,6 +237,44 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+@app.command("real-photos")
+def real_photos(
+    out: Annotated[Path, typer.Option(help="Output dataset folder.")] = Path("data/real"),
+) -> None:
+    """Build the tiny real test set: Debian opencv-doc fruit photos with hand-drawn labels (split test)."""
+    from train.realset import build_real_test_set
+
+    data_yaml = build_real_test_set(out)
+    typer.echo(f"data.yaml: {data_yaml} (3 photos, split test)")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Detector: .onnx or .pt.")],
+    source: Annotated[Path, typer.Argument(help="An image, a folder of images or a video.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/predict/SOURCE-MODEL).")
+    ] = None,
+    conf: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum confidence.")] = 0.25,
+    imgsz: Annotated[int | None, typer.Option(help="Network input size (default: the model's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Run a model on images, a folder or a video: annotated copies plus detections.json and .csv."""
+    from train.predict import predict as run_predict
+
+    if device not in ("cpu", "cuda", "auto"):
+        raise typer.BadParameter(f"expected cpu, cuda or auto, got {device!r}", param_hint="--device")
+    result = run_predict(model, source, out, conf=conf, imgsz=imgsz, device=device)
+    seen = f"{result.images} images" if result.images or not result.frames else f"{result.frames} frames"
+    typer.echo(f"model: {model} (version {result.version}, {len(result.names)} classes)")
+    total = sum(result.per_class.values())
+    detail = ", ".join(f"{k}={v}" for k, v in result.per_class.items()) or "none"
+    typer.echo(f"{seen}: {total} detections ({detail})")
+    typer.echo(f"annotated: {_shown(result.out_dir)}")
+    tables = (result.json_path, result.csv_path)
+    typer.echo("detections: " + ", ".join(_shown(p) for p in tables if p is not None))
+
+
 def _register_eval(target: typer.Typer) -> None:
     """Add eval/compare/errors/report when :mod:`train.evalcli` exists (after ours, to list them last)."""
     try:
