@@ -90,6 +90,38 @@ class CheckReport:
             out += ["", *(f"{k}: {v}" for k, v in self.plots.items())]
         return "\n".join(out)
 
+    def to_markdown(self, rel_to: Path | None = None, max_lines: int = 50) -> str:
+        """Markdown: counts per split and instances per class as tables, problems as lists, the plots.
+
+        Args:
+            rel_to: folder the Markdown file will live in; image links are relative to it.
+            max_lines: most problems listed per kind.
+        """
+        import os
+
+        out = [f"Dataset `{self.root}` (`{self.data_yaml.name}`, {len(self.names)} classes)", ""]
+        out += ["| split | images | labels | negatives | instances |", "|---|---:|---:|---:|---:|"]
+        for s in SPLITS:
+            c = self.counts.get(s, {})
+            out.append(f"| {s} | " + " | ".join(str(c.get(k, 0)) for k in _COUNT_KEYS) + " |")
+        total = sum(self.class_counts.values()) or 1
+        out += ["", "| class | instances | share | " + " | ".join(SPLITS) + " |"]
+        out.append("|---|---:|---:|" + "---:|" * len(SPLITS))
+        for n in self.names:
+            k = self.class_counts.get(n, 0)
+            per_split = " | ".join(str(self.split_class_counts.get(s, {}).get(n, 0)) for s in SPLITS)
+            out.append(f"| {n} | {k} | {100 * k / total:.1f}% | {per_split} |")
+        out += ["", self.distribution_summary() + "."]
+        for title, items in (("Repairs", self.fixes), ("Errors", self.errors), ("Warnings", self.warnings)):
+            if items:
+                out += ["", f"**{title} ({len(items)})**", ""] + [f"- `{x}`" for x in items[:max_lines]]
+                if len(items) > max_lines:
+                    out.append(f"- ... and {len(items) - max_lines} more")
+        for name, path in self.plots.items():
+            link = os.path.relpath(Path(path).resolve(), rel_to.resolve()) if rel_to else str(path)
+            out += ["", f"![{name}]({Path(link).as_posix()})"]
+        return "\n".join(out) + "\n"
+
     def distribution_summary(self) -> str:
         """Most and least frequent class and the average number of instances per class."""
         if not self.class_counts:
@@ -101,6 +133,9 @@ class CheckReport:
             f"most frequent: {most} ({self.class_counts[most]}), least frequent: {least} "
             f"({self.class_counts[least]}), average per class: {avg:.1f}"
         )
+
+
+_COUNT_KEYS = ("images", "labels", "negatives", "instances")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -61,11 +61,18 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; image i depends only on (seed, i).")] = 0,
     negatives: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of product-free images.")] = 0.08,
     jobs: Annotated[int, typer.Option(min=1, help="Rendering processes (output does not depend on it).")] = 1,
+    scene: Annotated[
+        str, typer.Option(help="Background: conveyor, shelf, clutter, or mixed (one at random per image).")
+    ] = "mixed",
 ) -> None:
     """Render a synthetic grocery dataset (images, YOLO labels, data.yaml)."""
-    from train.synth import write_dataset
+    from train.synth import BACKGROUNDS, write_dataset
 
-    data_yaml = write_dataset(out, images, seed, negatives=negatives, progress=True, jobs=jobs)
+    if scene not in (*BACKGROUNDS, "mixed"):
+        raise typer.BadParameter(
+            f"expected conveyor, shelf, clutter or mixed, got {scene!r}", param_hint="--scene"
+        )
+    data_yaml = write_dataset(out, images, seed, negatives=negatives, progress=True, jobs=jobs, scene=scene)
     meta = json.loads((out / "synth.json").read_text())
     typer.echo(f"data.yaml: {data_yaml}")
     typer.echo("instances: " + ", ".join(f"{k}={v}" for k, v in meta["instances"].items()))
@@ -95,12 +102,21 @@ def check(
     path: Annotated[Path, typer.Argument(help="Dataset folder, .zip or data.yaml.")],
     out: Annotated[Path | None, typer.Option(help="Folder for the plots (default: <dataset>/check).")] = None,
     fix: Annotated[bool, typer.Option("--fix/--no-fix", help="Repair wrong paths in data.yaml.")] = True,
+    fmt: Annotated[str, typer.Option("--format", help="text, or md (Markdown tables).")] = "text",
+    md: Annotated[
+        Path | None, typer.Option(help="Also write the Markdown here (for report --check).")
+    ] = None,
 ) -> None:
     """Check a dataset: structure, paths, counts, class balance and every label line (exit 1 on errors)."""
     from train.dataset import check as run_check
 
+    if fmt not in ("text", "md"):
+        raise typer.BadParameter(f"expected text or md, got {fmt!r}", param_hint="--format")
     report = run_check(path, out_dir=out, fix=fix)
-    typer.echo(report.to_text())
+    if md is not None:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(report.to_markdown(rel_to=md.parent))
+    typer.echo(report.to_markdown(rel_to=Path.cwd()) if fmt == "md" else report.to_text())
     if report.errors:
         raise typer.Exit(1)
 
