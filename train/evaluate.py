@@ -154,7 +154,7 @@ def _device_text(device: str | None) -> str:
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     if device is None and torch.cuda.is_available():
         return f"cuda:0 ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.machine()}, torch threads: {torch.get_num_threads()})"
 
 
 # --- results ---------------------------------------------------------------------------------------

@@ -116,7 +116,13 @@ def _short(value: Any) -> str:
     if value is None:
         return "—"
     text = str(value)
-    return f"`{Path(text).name}`" if "/" in text else text
+    return f"`{_model_name(text)}`" if "/" in text else text
+
+
+def _model_name(path: str | Path) -> str:
+    """``run/best.pt`` for a run's weights (every run has a best.pt), else the file name."""
+    p = Path(path)
+    return f"{p.parent.parent.name}/{p.name}" if p.parent.name == "weights" else p.name
 
 
 def _versions_markdown(evals: Sequence[EvalResult]) -> str:
@@ -129,7 +135,7 @@ def _versions_markdown(evals: Sequence[EvalResult]) -> str:
     for e in evals:
         metrics = " | ".join(_fmt(e.metric(k)) for k in ("map50", "map50_95", "precision", "recall"))
         lines.append(
-            f"| `{Path(e.weights).name}` | `{e.version or '?'}` | {e.split} | {e.imgsz} | {metrics} | "
+            f"| `{_model_name(e.weights)}` | `{e.version or '?'}` | {e.split} | {e.imgsz} | {metrics} | "
             f"{e.fps:.1f} | {e.device or '—'} |"
         )
     return "\n".join(lines) + "\n"
