@@ -158,3 +158,17 @@ def test_fit_refuses_a_dataset_check_rejects_and_onnx_weights(tmp_path: Path) ->
     not_ckpt.write_bytes(b"junk")
     resume = CliRunner().invoke(app, ["fit", str(data), "--resume", str(not_ckpt)])
     assert resume.exit_code == 2 and resume.stderr.startswith(f"error: {not_ckpt}: not a PyTorch checkpoint")
+
+
+def test_check_format_md_writes_tables(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "d", {**CLEAN, "train/c": "7 0.5 0.5 0.1 0.1\n"})
+    md = tmp_path / "docs" / "check.md"
+    res = CliRunner().invoke(app, ["check", str(tmp_path / "d"), "--format", "md", "--md", str(md)])
+    assert res.exit_code == 1  # the class-7 line is an error, in Markdown too
+    for text in (res.stdout, md.read_text()):
+        assert "| split | images | labels | negatives | instances |" in text
+        assert "| train | 2 | 2 | 0 | 2 |" in text and "| apple | 1 | 33.3% | 1 | 0 | 0 |" in text
+        assert "- `labels/train/c.txt:1: class id 7 >= nc 2`" in text
+    assert "](../d/check/samples.png)" in md.read_text()  # links relative to the Markdown file
+    bad = CliRunner().invoke(app, ["check", str(tmp_path / "d"), "--format", "html"])
+    assert bad.exit_code == 2

@@ -346,11 +346,15 @@ def render_scene(
 ) -> Scene:
     """Render one still image: background, 1 to 8 products, an occasional hand, degradations.
 
-    ``scene`` is a background of :data:`BACKGROUNDS`, or ``mixed`` for one drawn at random. The draw
-    happens either way, so a given ``rng`` places the same products on any background.
+    ``scene`` is a background of :data:`BACKGROUNDS`, or ``mixed`` for one drawn at random (the
+    stream the demo model was trained on). A fixed scene draws its background from a generator of its
+    own, so a given ``rng`` places the same products on every fixed background.
     """
     kind = str(rng.choice(BACKGROUNDS))
-    canvas = background(kind if scene == "mixed" else scene, rng, w, h)
+    if scene == "mixed":
+        canvas = background(kind, rng, w, h)
+    else:
+        canvas = background(scene, np.random.default_rng(int(rng.integers(2**62))), w, h)
     placed: list[Placed] = []
     n = 0 if negative else int(rng.integers(1, 9))
     for _ in range(n * 4):  # bounded retries to find places with little overlap
