@@ -13,6 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 from test_dataset import CLEAN, MODEL_NAMES, NAMES, fake_predictor, make_dataset, make_image
 from typer.testing import CliRunner
@@ -172,3 +173,15 @@ def test_check_format_md_writes_tables(tmp_path: Path) -> None:
     assert "](../d/check/samples.png)" in md.read_text()  # links relative to the Markdown file
     bad = CliRunner().invoke(app, ["check", str(tmp_path / "d"), "--format", "html"])
     assert bad.exit_code == 2
+
+
+def test_autolabel_in_place_on_a_temporary_extraction_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "shop"
+    make_dataset(src, {"train/a": None, "val/b": None})
+    archive = _zip(src, tmp_path / "shop.zip")  # ./shop exists: the zip goes to a temp dir
+    with pytest.raises(dataset.DatasetError, match="temporary folder that is removed at exit; give --out"):
+        autolabel(archive, policy="keep", predict=fake_predictor, model_names=MODEL_NAMES)
+    report = autolabel(
+        archive, out=tmp_path / "out", policy="keep", predict=fake_predictor, model_names=MODEL_NAMES
+    )
+    assert report.written == 2 and (tmp_path / "out" / "labels" / "train" / "a.txt").is_file()

@@ -35,6 +35,7 @@ import yaml
 
 from edge.detections import Detections, box_iou
 from train.dataset import SPLITS, Box, DatasetError, label_path, list_images, load_layout, locate, read_labels
+from train.layout import TEMP_EXTRACTIONS
 
 __all__ = ["POLICIES", "AutolabelReport", "Predictor", "autolabel", "ultralytics_predictor"]
 
@@ -218,6 +219,8 @@ def autolabel(
     if model_names is None:
         raise DatasetError("autolabel: model_names are needed with a custom predictor")
     root, names, images, notes = _sources(source)
+    if out is None and (root in TEMP_EXTRACTIONS or root.parent in TEMP_EXTRACTIONS):
+        raise DatasetError(f"{source}: extracted to a temporary folder that is removed at exit; give --out")
     if not images:
         raise DatasetError(f"{root}: no images found")
     plain = names is None

@@ -281,7 +281,7 @@ def predict(
     if device not in ("cpu", "cuda", "auto"):
         raise typer.BadParameter(f"expected cpu, cuda or auto, got {device!r}", param_hint="--device")
     result = run_predict(model, source, out, conf=conf, imgsz=imgsz, device=device)
-    seen = f"{result.images} images" if result.images or not result.frames else f"{result.frames} frames"
+    seen = f"{result.images} image(s)" if result.images or not result.frames else f"{result.frames} frames"
     typer.echo(f"model: {model} (version {result.version}, {len(result.names)} classes)")
     total = sum(result.per_class.values())
     detail = ", ".join(f"{k}={v}" for k, v in result.per_class.items()) or "none"
