@@ -3,6 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The demo's own environment: the edge extra and the video renderer, not the 5 GB training stack.
+DEMO_VENV ?= .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
@@ -45,6 +48,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: system-deps $(STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
+	python3 -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEMO_VENV)/bin/python -m pip install -q -e '.[demo]'
+	touch $@
 
 test: venv
 	$(PY) -m pytest -q
@@ -97,12 +107,12 @@ bench-export: venv
 	$(PY) -m export.bench --fp32 bench-out/export/demo.onnx --int8 bench-out/export/demo.int8.onnx \
 		--data bench-out/export-data/data.yaml --video bench-out/video
 
-demo: venv
-	$(VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
-	$(PY) -m edge.demo --video demo-out/video --out demo-out
+demo: system-deps $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
+	$(DEMO_VENV)/bin/python -m edge.demo --video demo-out/video --out demo-out
 
 demo-model: venv
 	$(PY) -m train.demo_model
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache demo-out bench-out $(EDGE_VENV)
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache demo-out bench-out $(EDGE_VENV) $(DEMO_VENV)

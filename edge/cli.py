@@ -110,15 +110,20 @@ def replay(
 @app.command()
 def stats(
     tracks: Annotated[Path, typer.Argument(help="tracks.txt of a run or replay, or the folder holding it")],
-    fps: Annotated[float, typer.Option(help="frame rate, to turn frames into seconds")] = 30.0,
-    names: Annotated[str | None, typer.Option(help="comma-separated class names for class ids")] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="frame rate (default: the run's tracks.json, else 30)")
+    ] = None,
+    names: Annotated[
+        str | None, typer.Option(help="comma-separated class names (default: the run's tracks.json)")
+    ] = None,
 ) -> None:
     """Tracking analysis: tracks per class, durations, frame ranges, short and long tracks."""
-    from edge.stats import format_stats, load_track_stats
+    from edge.stats import format_stats, load_track_stats, stats_inputs
 
     path = tracks / "tracks.txt" if tracks.is_dir() else tracks
-    class_names = tuple(names.split(",")) if names else ()
-    typer.echo(format_stats(load_track_stats(path, fps=fps), class_names))
+    rate, class_names, note = stats_inputs(path, fps, names.split(",") if names else None)
+    typer.echo(note)
+    typer.echo(format_stats(load_track_stats(path, fps=rate), class_names))
 
 
 @app.command()
