@@ -26,6 +26,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,6 @@ class Daemon:
         return True
 
     def _prepare_ahead(self, frame: Frame) -> Frame:
-        from dataclasses import replace
-
         return replace(frame, prepared=self.pipeline.detector.prepare(frame.image))
 
     def _load_model(self, cfg: EdgeConfig, info: ModelInfo | None = None) -> tuple[ModelInfo, Pipeline]:
