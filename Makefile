@@ -7,13 +7,14 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast lint check bench demo demo-model clean
+.PHONY: help venv system-deps test test-fast lint check bench bench-counting demo demo-model clean
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
 	@echo "make test      set up .venv and system packages, then run the whole test suite"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
+	@echo "make bench-counting  counting accuracy on a noisy scene bank: lanecount vs supervision vs trackers"
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
@@ -37,7 +38,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned: these two come from this machine's disk; any other version downloads gigabytes.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev]'
+	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev,bench]'
 	touch $@
 
 venv: system-deps $(STAMP)
@@ -58,6 +59,16 @@ check: lint test
 bench: venv
 	$(VENV)/bin/lanecount-train synth-video --out bench-out/video --seconds 20 --seed 5
 	$(PY) -m edge.bench --video bench-out/video/video.mp4
+
+# Roboflow's trackers needs numpy >= 2 (Norfair: < 2), so it lives in a venv of its own.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q 'trackers==2.6.1'
+	touch $@
+
+bench-counting: venv $(BENCH_VENV)/.installed
+	$(PY) -m train.countbench --trackers-python $(BENCH_VENV)/bin/python --sweep
 
 demo: venv
 	$(VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
