@@ -9,8 +9,9 @@ known; sides as in :mod:`edge.geometry`). Each frame the track's anchor is class
 
 A crossing is counted when the anchor leaves the band on the side opposite to the committed one, and
 only if the anchor's last step across the line (previous anchor → this one) went through the segment
-(a pass beside the segment end updates the side silently, wherever the anchor lands). So jitter within the band never counts, a product that stops on the line counts once, and a
-genuine pull-back (leaving the band on the near side again) counts ``out`` and then ``in`` again.
+(a pass beside the segment end updates the side silently, wherever the anchor lands). So jitter
+within the band never counts, a product that stops on the line counts once, and a genuine pull-back
+(leaving the band on the near side again) counts ``out`` and then ``in`` again.
 
 ID hand-off: when the tracker loses a product near a line and starts a new id for it, the new track
 would either miss the crossing (born inside the band, side unknown) or count it a second time. A track

@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-__all__ = ["CountEvent", "Score", "score_events"]
+__all__ = ["CountEvent", "Score", "match_events", "score_events"]
 
 
 class _EventLike(Protocol):
@@ -38,6 +38,9 @@ class _EventLike(Protocol):
 
     @property
     def class_id(self) -> int: ...
+
+
+E = TypeVar("E", bound=_EventLike)
 
 
 @dataclass(frozen=True)
@@ -114,30 +117,43 @@ def score_events(counted: Iterable[_EventLike], truth: Iterable[_EventLike], tol
         (2, 1, 2)
     """
     got, want = list(counted), list(truth)
-    pairs = sorted(
-        (c.class_id != t.class_id, abs(c.frame - t.frame), t.frame, i, j)
-        for i, c in enumerate(got)
-        for j, t in enumerate(want)
-        if c.line == t.line and c.direction == t.direction and abs(c.frame - t.frame) <= tolerance
-    )
-    used_c: set[int] = set()
-    used_t: set[int] = set()
-    wrong = 0
-    for other_class, _, _, i, j in pairs:
-        if i in used_c or j in used_t:
-            continue
-        used_c.add(i)
-        used_t.add(j)
-        wrong += other_class
+    pairs, missed, extra = match_events(got, want, tolerance)
     return Score(
         true=len(want),
         counted=len(got),
-        matched=len(used_c),
-        wrong_class=wrong,
-        missed=len(want) - len(used_t),
-        extra=len(got) - len(used_c),
+        matched=len(pairs),
+        wrong_class=sum(c.class_id != t.class_id for c, t in pairs),
+        missed=len(missed),
+        extra=len(extra),
         count_diff=_count_diff(got, want),
     )
+
+
+def match_events(
+    counted: Sequence[E], truth: Sequence[E], tolerance: int
+) -> tuple[list[tuple[E, E]], list[E], list[E]]:
+    """Match counted to true crossings (see the module docstring).
+
+    Returns:
+        ``(pairs, missed, extra)``: ``(counted, true)`` pairs, unmatched true and unmatched counted
+        crossings.
+    """
+    candidates = sorted(
+        (c.class_id != t.class_id, abs(c.frame - t.frame), t.frame, i, j)
+        for i, c in enumerate(counted)
+        for j, t in enumerate(truth)
+        if c.line == t.line and c.direction == t.direction and abs(c.frame - t.frame) <= tolerance
+    )
+    used_c: dict[int, int] = {}
+    used_t: set[int] = set()
+    for _, _, _, i, j in candidates:
+        if i not in used_c and j not in used_t:
+            used_c[i] = j
+            used_t.add(j)
+    pairs = [(counted[i], truth[j]) for i, j in sorted(used_c.items())]
+    missed = [t for j, t in enumerate(truth) if j not in used_t]
+    extra = [c for i, c in enumerate(counted) if i not in used_c]
+    return pairs, missed, extra
 
 
 def _count_diff(got: Sequence[_EventLike], want: Sequence[_EventLike]) -> int:
