@@ -76,10 +76,11 @@ class _Track:
     anchor: npt.NDArray[np.float64]  # (2,) last anchor
     class_id: int
     last_frame: int
-    can_donate: bool  # near a line with a committed side, and not donated yet
+    can_donate: bool  # last seen near a line with a committed side, and not donated yet
     dist: npt.NDArray[np.float64]  # (lines,) last anchor's signed distance from each line
     along: npt.NDArray[np.float64]  # (lines,) last anchor's position along each line
     cross: npt.NDArray[np.float64]  # (lines,) position along each line where the anchor last crossed it
+    donated: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ class LineCounter:
                 state.sides, state.near, state.anchor = sides[k], near[k], anchors[k]
                 state.dist, state.along, state.cross = dist[k], along[k], cross[k]
                 state.class_id, state.last_frame = classes[k], frame
-                state.can_donate = donors[k] and state.can_donate  # a donor gives once
+                state.can_donate = donors[k] and not state.donated
 
     def _counts_class(self, line_index: int, class_id: int) -> bool:
         allowed = self._lines[line_index].classes
@@ -283,7 +284,7 @@ class LineCounter:
         if not np.isfinite(gaps[best]):
             return self._blank
         tid, donor, is_orphan = candidates[best]
-        donor.can_donate = False
+        donor.can_donate, donor.donated = False, True  # a donor gives once
         if is_orphan:
             del self._orphans[tid]
         return dataclasses.replace(donor, sides=np.where(donor.near, donor.sides, 0).astype(np.int8))

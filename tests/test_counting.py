@@ -108,6 +108,12 @@ CASES = [
         id="id-switch-at-line",
     ),
     pytest.param(
+        {},
+        [*path(1, range(100, 319, 7)), *gap(2), *path(2, range(324, 401, 7))],
+        [(2, "in")],
+        id="id-switch-at-line-of-a-track-born-far-away",
+    ),
+    pytest.param(
         {"handoff_frames": 0},
         [*path(1, range(255, 319, 7)), *gap(2), *path(2, range(324, 401, 7))],
         [],
