@@ -127,8 +127,8 @@ class LineCounter:
         ...     box = np.array([[x - 5, 40, x + 5, 50]])
         ...     tracked = Detections(box, np.array([0.9]), np.array([0]), tracker_id=np.array([7]))
         ...     events += counter.update(tracked, frame, frame / 30)
-        >>> [(e.direction, e.frame) for e in events], counter.totals
-        ([('in', 2)], {'lane': {'in': {0: 1}, 'out': {}}})
+        >>> [(e.direction, e.frame) for e in events], counter.totals  # 60 is inside the 12 px band
+        ([('in', 3)], {'lane': {'in': {0: 1}, 'out': {}}})
     """
 
     def __init__(self, cfg: CountingConfig, names: Sequence[str] = ()) -> None:

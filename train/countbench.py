@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from edge.counting import LineCounter
 from edge.geometry import line_coordinates
 from edge.tracking import ProductTracker
 from train.countscore import CountEvent, Score, score_events
-from train.scenebank import Scene, bank
+from train.scenebank import NoiseModel, Scene, bank
 
 __all__ = ["PlainCounter", "lanecount_events", "main", "plain_events", "score_bank", "supervision_events"]
 
@@ -56,9 +56,6 @@ def lanecount_events(
         crossings = counter.update(tracker.update(dets, f), f, f / scene.fps)
         counter.prune(tracker.alive_ids())
         out += [CountEvent(c.frame, c.line, c.direction, c.class_id) for c in crossings]
-    flush = getattr(counter, "flush", None)
-    if flush is not None:
-        out += [CountEvent(c.frame, c.line, c.direction, c.class_id) for c in flush()]
     return out
 
 
@@ -138,9 +135,13 @@ class PlainCounter:
         return out
 
 
-def plain_events(scene: Scene, rows: np.ndarray) -> Events:
-    """Crossings :class:`PlainCounter` counts from tracker rows ``frame, id, x1, y1, x2, y2, conf, class``."""
-    counter = PlainCounter(scene.line.name, scene.line.start, scene.line.end)
+def plain_events(scene: Scene, rows: np.ndarray, hysteresis_px: float | None = None) -> Events:
+    """Crossings :class:`PlainCounter` counts from tracker rows ``frame, id, x1, y1, x2, y2, conf, class``.
+
+    The band defaults to lanecount's ``counting.hysteresis_px``, so the comparison is between trackers.
+    """
+    h = CountingConfig().hysteresis_px if hysteresis_px is None else hysteresis_px
+    counter = PlainCounter(scene.line.name, scene.line.start, scene.line.end, h)
     out: Events = []
     frames = rows[:, 0].astype(int)
     for f in np.unique(frames).tolist():
@@ -176,12 +177,13 @@ def score_bank(scenes: Sequence[Scene], events: Callable[[Scene], Events]) -> Sc
 
 
 SWEEP: dict[str, tuple[str, list[Any]]] = {
-    "hysteresis_px": ("counting", [0.0, 2.0, 4.0, 6.0, 10.0, 16.0]),
+    "hysteresis_px": ("counting", [4.0, 6.0, 8.0, 12.0, 16.0, 24.0]),
     "handoff_frames": ("counting", [0, 15, 30, 60]),
-    "distance_threshold": ("tracking", [0.5, 0.7, 0.8, 0.9, 0.95]),
-    "hit_counter_max": ("tracking", [5, 10, 15, 30, 60]),
-    "initialization_delay": ("tracking", [0, 1, 2, 3, 4]),
-    "class_vote_window": ("tracking", [3, 10, 30, 100, 1000]),
+    "handoff_px": ("counting", [30.0, 50.0, 80.0, 120.0]),
+    "distance_threshold": ("tracking", [0.5, 0.6, 0.7, 0.8, 0.9]),
+    "hit_counter_max": ("tracking", [8, 15, 30]),
+    "initialization_delay": ("tracking", [1, 2, 3, 4, 5]),
+    "class_vote_window": ("tracking", [10, 30, 100, 1000]),
 }
 
 
@@ -189,9 +191,11 @@ def _lanecount(tracking: TrackingConfig, counting: CountingConfig) -> Callable[[
     return lambda scene: lanecount_events(scene, tracking, counting)
 
 
-def sweep(scenes: Sequence[Scene], tracking: TrackingConfig, counting: CountingConfig) -> list[str]:
-    """Count error at each value of each setting, the others at their defaults."""
-    lines = ["setting: value → count error (event errors)"]
+def sweep(
+    banks: Mapping[str, Sequence[Scene]], tracking: TrackingConfig, counting: CountingConfig
+) -> list[str]:
+    """Count error on each bank at each value of each setting, the others at their defaults."""
+    lines = [f"setting: value → count error on {' / '.join(banks)} (count diff)"]
     for name, (section, values) in SWEEP.items():
         cells = []
         for value in values:
@@ -203,30 +207,17 @@ def sweep(scenes: Sequence[Scene], tracking: TrackingConfig, counting: CountingC
                     c = CountingConfig(**{**counting.model_dump(), name: value})
             except ValueError:
                 continue
-            s = score_bank(scenes, _lanecount(t, c))
-            cells.append(f"{value}: {100 * s.count_error:.2f}% ({s.event_errors})")
+            scores = [score_bank(scenes, _lanecount(t, c)) for scenes in banks.values()]
+            errors = " / ".join(f"{100 * s.count_error:.2f}%" for s in scores)
+            diffs = "/".join(str(s.count_diff) for s in scores)
+            cells.append(f"{value}: {errors} ({diffs})")
         lines.append(f"  {name}: " + ", ".join(cells))
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the comparison table (and the sweep)."""
-    ap = argparse.ArgumentParser(prog="python -m train.countbench", description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scenes", type=int, default=12)
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--trackers-python", help="interpreter with `trackers` installed (numpy >= 2)")
-    ap.add_argument("--sweep", action="store_true", help="also the error at other values of each setting")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    scenes = bank(a.seed, a.scenes, a.seconds)
-    n_true = sum(len(s.truth) for s in scenes)
-    print(
-        f"bank: seed {a.seed}, {len(scenes)} scenes x {a.seconds:g} s, {n_true} true crossings, "
-        f"built in {time.perf_counter() - t0:.1f} s; match tolerance ±{TOLERANCE} frames"
-    )
-    tracking, counting = TrackingConfig(), CountingConfig()
-    rows = [("lanecount (defaults)", score_bank(scenes, _lanecount(tracking, counting)))]
+def compare(scenes: Sequence[Scene], trackers_python: str | None) -> list[tuple[str, Score]]:
+    """Score lanecount (defaults), supervision (best LineZone setting) and trackers + plain counter."""
+    rows = [("lanecount (defaults)", score_bank(scenes, _lanecount(TrackingConfig(), CountingConfig())))]
     try:
         sv_runs = [supervision_events(s) for s in scenes]
     except ImportError:
@@ -241,19 +232,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         best = min(sv_scores, key=lambda n: sv_scores[n].count_diff)
         rows.append((f"supervision ByteTrack+LineZone (best: {best})", sv_scores[best]))
-    if a.trackers_python:
-        tracks = external_bytetrack(scenes, a.trackers_python)
+    if trackers_python:
+        tracks = external_bytetrack(scenes, trackers_python)
         plain = Score()
         for scene, r in zip(scenes, tracks, strict=True):
             plain += score_events(plain_events(scene, r), scene.truth, TOLERANCE)
         rows.append(("trackers ByteTrack (defaults) + plain counter", plain))
-    else:
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the comparison table on the bank and its hard variant (and the sweep)."""
+    ap = argparse.ArgumentParser(prog="python -m train.countbench", description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", type=int, default=12)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--trackers-python", help="interpreter with `trackers` installed (numpy >= 2)")
+    ap.add_argument("--sweep", action="store_true", help="also the error at other values of each setting")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    banks = {
+        "bank": bank(a.seed, a.scenes, a.seconds),
+        "hard": bank(a.seed, a.scenes, a.seconds, NoiseModel.hard()),
+    }
+    n_true = sum(len(s.truth) for s in banks["bank"])
+    print(
+        f"seed {a.seed}: {a.scenes} scenes x {a.seconds:g} s, {n_true} true crossings; "
+        f"noise: {NoiseModel()}; hard: {NoiseModel.hard()}; match tolerance ±{TOLERANCE} frames"
+    )
+    if not a.trackers_python:
         print("trackers: no --trackers-python given (make bench-counting sets it up), skipped")
-    width = max(len(name) for name, _ in rows)
-    for name, score in rows:
-        print(f"{name:<{width}}  {score.summary()}")
+    for name, scenes in banks.items():
+        rows = compare(scenes, a.trackers_python)
+        width = max(len(r[0]) for r in rows)
+        print(f"\n{name}:")
+        for label, score in rows:
+            print(f"  {label:<{width}}  {score.summary()}")
     if a.sweep:
-        print("\n".join(sweep(scenes, tracking, counting)))
+        print()
+        print("\n".join(sweep(banks, TrackingConfig(), CountingConfig())))
     print(f"total {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -53,6 +53,19 @@ class NoiseModel:
     gaps: float = 0.15
     gap_frames: tuple[int, int] = (3, 9)  # [low, high) frames
 
+    @classmethod
+    def hard(cls) -> NoiseModel:
+        """Twice the mistakes, longer class-error runs and gaps: a stress test for choosing settings."""
+        return cls(
+            drop=0.10,
+            jitter=0.04,
+            false_positives=0.10,
+            wrong_class=0.2,
+            wrong_run=3,
+            gaps=0.3,
+            gap_frames=(4, 13),
+        )
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -60,6 +73,8 @@ class Scene:
 
     seed: tuple[int, int]
     detections: tuple[Detections, ...]  # per frame, from frame 0
+    origins: tuple[np.ndarray, ...]  # per frame and detection: the product's id, or -1 for a false box
+    classes: dict[int, int]  # product id → true class
     truth: tuple[CountEvent, ...]
     line: LineConfig
     fps: int
@@ -92,18 +107,21 @@ def make_scene(seed: int, index: int, seconds: float = 60.0, noise: NoiseModel |
     )
     hidden = _hidden_frames(products, noise, rng)
     wrong = {p.pid: _wrong_classes(p, boxes[p.pid], noise, rng) for p in products}
-    per_frame: list[list[tuple[Box, float, int]]] = [[] for _ in range(frames)]
+    per_frame: list[list[tuple[Box, float, int, int]]] = [[] for _ in range(frames)]
     for p in products:
         for f, box in boxes[p.pid].items():
             if f in hidden[p.pid] or rng.random() < noise.drop:
                 continue
             cls = wrong[p.pid].get(f, p.class_id)
             conf = rng.beta(5, 3) if cls != p.class_id else rng.beta(6, 2)
-            per_frame[f].append((_jitter(box, noise.jitter, rng), float(conf), cls))
+            per_frame[f].append((_jitter(box, noise.jitter, rng), float(conf), cls, p.pid))
     _add_false_positives(per_frame, boxes, noise, rng)
+    shuffled = [_detections(rows, rng) for rows in per_frame]
     return Scene(
         seed=(seed, index),
-        detections=tuple(_detections(rows, rng) for rows in per_frame),
+        detections=tuple(d for d, _ in shuffled),
+        origins=tuple(o for _, o in shuffled),
+        classes={p.pid: p.class_id for p in products},
         truth=truth,
         line=line,
         fps=FPS,
@@ -178,7 +196,7 @@ def _jitter(box: Box, amount: float, rng: np.random.Generator) -> Box:
 
 
 def _add_false_positives(
-    per_frame: list[list[tuple[Box, float, int]]],
+    per_frame: list[list[tuple[Box, float, int, int]]],
     boxes: dict[int, dict[int, Box]],
     noise: NoiseModel,
     rng: np.random.Generator,
@@ -207,14 +225,17 @@ def _add_false_positives(
                     break
                 x = cx + k * SPEED
                 box = (x - w / 2, cy - h / 2, x + w / 2, cy + h / 2)
-                per_frame[f + k].append((box, float(rng.uniform(MIN_CONFIDENCE, 0.7)), cls))
+                per_frame[f + k].append((box, float(rng.uniform(MIN_CONFIDENCE, 0.7)), cls, -1))
 
 
-def _detections(rows: list[tuple[Box, float, int]], rng: np.random.Generator) -> Detections:
-    """One frame's detections in random order (a detector does not list the false ones last)."""
+def _detections(
+    rows: list[tuple[Box, float, int, int]], rng: np.random.Generator
+) -> tuple[Detections, np.ndarray]:
+    """One frame's detections in random order (a detector does not list the false ones last), and origins."""
     if not rows:
-        return Detections.empty()
+        return Detections.empty(), np.zeros(0, np.int64)
     rows = [rows[i] for i in rng.permutation(len(rows))]
     xyxy = np.array([r[0] for r in rows], np.float32)
     conf = np.maximum(np.array([r[1] for r in rows], np.float32), MIN_CONFIDENCE)
-    return Detections(xyxy, conf, np.array([r[2] for r in rows], np.int64))
+    dets = Detections(xyxy, conf, np.array([r[2] for r in rows], np.int64))
+    return dets, np.array([r[3] for r in rows], np.int64)
