@@ -161,7 +161,7 @@ class CountingConfig(_Model):
             "a track born near a line within this many frames inherits the side of one that died there"
         ),
     )
-    handoff_px: float = Field(80.0, ge=0, description="how near (px) a new track must be born to inherit")
+    handoff_px: float = Field(120.0, ge=0, description="how near (px) a new track must be born to inherit")
 
     @field_validator("lines")
     @classmethod
