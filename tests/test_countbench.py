@@ -133,8 +133,8 @@ def test_without_noise_lanecount_counts_every_crossing() -> None:
 
 def _scores() -> dict[str, Score]:
     return {
-        "bank": score_bank(bank(0, 3, seconds=40), lanecount_events),
-        "hard": score_bank(bank(0, 3, seconds=40, noise=NoiseModel.hard()), lanecount_events),
+        "bank": score_bank(bank(0, 6), lanecount_events),
+        "hard": score_bank(bank(0, 6, noise=NoiseModel.hard()), lanecount_events),
     }
 
 
