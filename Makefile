@@ -10,7 +10,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export demo demo-model clean
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
 	@echo "make bench-export  FP32 vs INT8 ONNX: latency, mAP50-95 on val, daemon fps, with ratios"
+	@echo "make bench-counting  counting accuracy on a noisy scene bank: lanecount vs supervision vs trackers"
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
@@ -44,7 +45,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned: these two come from this machine's disk; any other version downloads gigabytes.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev]'
+	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev,bench]'
 	touch $@
 
 venv: system-deps $(STAMP)
@@ -106,6 +107,16 @@ bench-export: venv
 	$(VENV)/bin/lanecount-export int8 bench-out/export/demo.onnx --data bench-out/export-data/data.yaml
 	$(PY) -m export.bench --fp32 bench-out/export/demo.onnx --int8 bench-out/export/demo.int8.onnx \
 		--data bench-out/export-data/data.yaml --video bench-out/video
+
+# Roboflow's trackers needs numpy >= 2 (Norfair: < 2), so it lives in a venv of its own.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q 'trackers==2.6.1'
+	touch $@
+
+bench-counting: venv $(BENCH_VENV)/.installed
+	$(PY) -m train.countbench --trackers-python $(BENCH_VENV)/bin/python --sweep
 
 demo: system-deps $(DEMO_STAMP)
 	$(DEMO_VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11

@@ -138,11 +138,14 @@ class TrackingConfig(_Model):
     distance: Literal["iou", "euclidean"] = Field(
         "iou", description="iou: 1 - IoU of boxes; euclidean: centre distance in px"
     )
-    distance_threshold: float = Field(0.8, gt=0, description="largest distance that still matches (iou: < 1)")
+    distance_threshold: float = Field(0.7, gt=0, description="largest distance that still matches (iou: < 1)")
     hit_counter_max: int = Field(15, ge=1, description="frames a track survives without a detection")
-    initialization_delay: int = Field(2, ge=0, description="detections needed before a track is confirmed")
+    initialization_delay: int = Field(3, ge=0, description="detections needed before a track is confirmed")
     past_detections_length: int = Field(4, ge=0, description="past detections kept per track (re-id)")
-    class_vote_window: int = Field(30, ge=1, description="detections in a track's majority class vote")
+    class_vote_window: int = Field(100, ge=1, description="detections in a track's majority class vote")
+    class_vote_confidence: bool = Field(
+        True, description="weigh each detection's class vote by its confidence"
+    )
 
     @model_validator(mode="after")
     def _delay_below_max(self) -> TrackingConfig:
@@ -178,7 +181,7 @@ class CountingConfig(_Model):
     lines: list[LineConfig] = Field(default_factory=list, description="counting lines")
     anchor: Anchor = Field("bottom_center", description="the point of a box that must cross a line")
     hysteresis_px: float = Field(
-        6.0,
+        12.0,
         ge=0,
         description="band around a line the anchor must leave on the far side before a crossing counts",
     )
@@ -189,7 +192,7 @@ class CountingConfig(_Model):
             "a track born near a line within this many frames inherits the side of one that died there"
         ),
     )
-    handoff_px: float = Field(80.0, ge=0, description="how near (px) a new track must be born to inherit")
+    handoff_px: float = Field(120.0, ge=0, description="how near (px) a new track must be born to inherit")
 
     @field_validator("lines")
     @classmethod
