@@ -3,23 +3,30 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The demo's own environment: the edge extra and the video renderer, not the 5 GB training stack.
+DEMO_VENV ?= .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast lint check bench demo demo-model clean wheelhouse test-fleet
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
 	@echo "make test      set up .venv and system packages, then run the whole test suite"
+	@echo "make test-edge the edge tests and mypy on Python 3.10 (JetPack 6) with only lanecount[edge,dev]"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
+	@echo "make bench-export  FP32 vs INT8 ONNX: latency, mAP50-95 on val, daemon fps, with ratios"
+	@echo "make bench-counting  counting accuracy on a noisy scene bank: lanecount vs supervision vs trackers"
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
-# and OpenCV's sample footage (real pictures nobody here made) for smoke tests.
+# OpenCV's sample footage (real pictures nobody here made) for smoke tests, and strace, whose
+# syscall fault injection kills the daemon at every fsync boundary in the state tests.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -27,6 +34,7 @@ system-deps:
 	pkg-config --exists libsystemd 2>/dev/null || missing="$$missing libsystemd-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || missing="$$missing opencv-doc"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -39,16 +47,48 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned: these two come from this machine's disk; any other version downloads gigabytes.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev]'
+	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev,bench]'
 	touch $@
 
 venv: system-deps $(STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
+	python3 -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEMO_VENV)/bin/python -m pip install -q -e '.[demo]'
+	touch $@
 
 test: venv
 	$(PY) -m pytest -q
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
+
+# --- The Jetson's Python: 3.10 with only the edge extra (no torch, no ultralytics) ---------------------
+EDGE_VENV ?= .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
+# pyenv's newest 3.10 when there is one, else python3.10 on PATH; override with PYTHON310=/path/to/python3.10.
+PYTHON310 ?= $(shell root="$$(pyenv root 2>/dev/null)"; \
+	ls -d "$$root"/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V | tail -n 1 | grep . \
+	|| command -v python3.10)
+# The tests of train/ and export/: they need the train/export extras, which a Jetson never installs.
+NOT_EDGE_TESTS := tests/test_dataset.py tests/test_evaluate.py tests/test_export.py tests/test_synth.py
+
+$(EDGE_STAMP): pyproject.toml
+	@[ -n "$(PYTHON310)" ] || { echo "make test-edge needs Python 3.10 (JetPack 6's Python): \
+	pyenv install 3.10, or apt-get install python3.10-venv, or pass PYTHON310=/path/to/python3.10"; exit 1; }
+	@"$(PYTHON310)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' \
+		|| { echo "$(PYTHON310) is not Python 3.10"; exit 1; }
+	"$(PYTHON310)" -m venv --clear $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(EDGE_VENV)/bin/python -m pip install -q -e '.[edge,dev]'
+	touch $@
+
+test-edge: system-deps $(EDGE_STAMP)
+	@! $(EDGE_VENV)/bin/python -c 'import torch' 2>/dev/null || { echo "$(EDGE_VENV) has torch: rm -rf $(EDGE_VENV) and run again"; exit 1; }
+	$(EDGE_VENV)/bin/python -m pytest -q $(addprefix --ignore=,$(NOT_EDGE_TESTS))
+	$(EDGE_VENV)/bin/mypy edge
 
 lint: venv
 	$(VENV)/bin/ruff check edge train export tests
@@ -61,9 +101,28 @@ bench: venv
 	$(VENV)/bin/lanecount-train synth-video --out bench-out/video --seconds 20 --seed 5
 	$(PY) -m edge.bench --video bench-out/video/video.mp4
 
-demo: venv
-	$(VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
-	$(PY) -m edge.demo --video demo-out/video --out demo-out
+# FP32 vs INT8 ONNX on ONNX Runtime CPU: latency, mAP50-95 on val, daemon fps (about 2 minutes).
+bench-export: venv
+	$(VENV)/bin/lanecount-train synth --out bench-out/export-data --images 300 --seed 3 --jobs 2 >/dev/null
+	$(VENV)/bin/lanecount-train synth-video --out bench-out/video --seconds 20 --seed 5
+	mkdir -p bench-out/export && cp edge/models/demo.onnx edge/models/demo.json bench-out/export/
+	$(VENV)/bin/lanecount-export int8 bench-out/export/demo.onnx --data bench-out/export-data/data.yaml
+	$(PY) -m export.bench --fp32 bench-out/export/demo.onnx --int8 bench-out/export/demo.int8.onnx \
+		--data bench-out/export-data/data.yaml --video bench-out/video
+
+# Roboflow's trackers needs numpy >= 2 (Norfair: < 2), so it lives in a venv of its own.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q 'trackers==2.6.1'
+	touch $@
+
+bench-counting: venv $(BENCH_VENV)/.installed
+	$(PY) -m train.countbench --trackers-python $(BENCH_VENV)/bin/python --sweep
+
+demo: system-deps $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
+	$(DEMO_VENV)/bin/python -m edge.demo --video demo-out/video --out demo-out
 
 demo-model: venv
 	$(PY) -m train.demo_model
@@ -84,4 +143,4 @@ test-fleet: venv
 	$(PY) -m pytest -s -q -p no:cacheprovider tests/fleet/fleet_test.py
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache demo-out bench-out
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache demo-out bench-out $(EDGE_VENV) $(DEMO_VENV)

@@ -14,23 +14,26 @@ hidden by a hand does not make the alert flap::
     below   . . x x . x x x x x . . . .
     alert             |-raised (hold_s)-|  cleared after hold_s above
 
-State (estimates, raised flags) is persisted through :class:`edge.store.CountStore`, so an active
-alert survives a restart and is not raised a second time.
+State (estimates, raised flags) is restored from ``saved`` at start and its changes are handed out by
+:meth:`AlertEngine.take_changes`, which the daemon commits in the same transaction as the frame's
+crossings and the alert's message (:mod:`edge.state`): an active alert survives a restart, is not raised
+a second time, and is never ``raised`` without its message queued.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edge.config import AlertsConfig, DepletionRule, OccupancyRule
+from edge.counting import Crossing
+from edge.counts import class_name
 from edge.detections import Detections
 from edge.errors import CommandError, ConfigError
 from edge.geometry import point_in_polygon
-from edge.store import CountStore, CrossingLike, class_name
 
 __all__ = ["Alert", "AlertEngine"]
 
@@ -94,7 +97,7 @@ class AlertEngine:
     Args:
         cfg: the ``alerts`` section of the config.
         names: class names of the model, indexed by class id.
-        store: where state is persisted (``None`` keeps it in memory, e.g. for a replay).
+        saved: the alert state saved by an earlier run (``StateStore.alert_state()``), if any.
 
     Raises:
         ConfigError: when a product has two rules of the same kind (their alerts would share a topic).
@@ -106,12 +109,15 @@ class AlertEngine:
         2
     """
 
-    def __init__(self, cfg: AlertsConfig, names: Sequence[str], store: CountStore | None = None) -> None:
+    def __init__(
+        self, cfg: AlertsConfig, names: Sequence[str], saved: Mapping[str, Any] | None = None
+    ) -> None:
         _check_unique("alerts.depletion", [r.product for r in cfg.depletion])
         _check_unique("alerts.occupancy", [r.product for r in cfg.occupancy])
         self.cfg = cfg
         self.names = list(names)
-        self.store = store
+        self._saved = dict(saved or {})
+        self._changes: dict[str, Any] = {}
         self._depletion: dict[str, dict[str, Any]] = {}
         for rule in cfg.depletion:
             saved = self._load(f"alert:depletion:{rule.product}")
@@ -123,12 +129,17 @@ class AlertEngine:
         self._class_ids = {name: i for i, name in enumerate(self.names)}
 
     def _load(self, key: str) -> dict[str, Any] | None:
-        value = None if self.store is None else self.store.get_state(key)
+        value = self._saved.get(key)
         return value if isinstance(value, dict) else None
 
     def _save(self, values: dict[str, Any]) -> None:
-        if self.store is not None and values:
-            self.store.set_states(values)
+        self._changes.update(values)
+
+    def take_changes(self) -> dict[str, Any]:
+        """State changed since the last call, ``{key: value}``, to be committed with the frame."""
+        changes, self._changes = self._changes, {}
+        self._saved.update(changes)
+        return changes
 
     # --- depletion -----------------------------------------------------------------------------
 
@@ -150,8 +161,11 @@ class AlertEngine:
         ]
         return dep + occ
 
-    def on_crossings(self, crossings: Iterable[CrossingLike]) -> list[Alert]:
-        """Lower the estimates by the sales among ``crossings``; return alerts newly raised."""
+    def on_crossings(self, crossings: Iterable[Crossing], timestamp: float | None = None) -> list[Alert]:
+        """Lower the estimates by the sales among ``crossings``; return alerts newly raised.
+
+        Alerts are stamped ``timestamp`` (wall time), or the crossing's own time when not given.
+        """
         alerts: list[Alert] = []
         changed: dict[str, Any] = {}
         for c in crossings:
@@ -165,7 +179,8 @@ class AlertEngine:
                 if not st["raised"] and st["estimate"] <= rule.threshold:
                     st["raised"] = True
                     changed[f"alert:depletion:{rule.product}"] = dict(st)
-                    alerts.append(_depletion_alert(rule, st, "raised", float(c.timestamp)))
+                    t = float(c.timestamp) if timestamp is None else timestamp
+                    alerts.append(_depletion_alert(rule, st, "raised", t))
         self._save(changed)
         return alerts
 
@@ -233,7 +248,7 @@ def _check_unique(section: str, products: list[str]) -> None:
         raise ConfigError(f"{section}: more than one rule for product {', '.join(map(repr, dupes))}")
 
 
-def _is_sale(rule: DepletionRule, product: str, c: CrossingLike) -> bool:
+def _is_sale(rule: DepletionRule, product: str, c: Crossing) -> bool:
     return (
         rule.product == product
         and str(c.direction) == rule.direction

@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 
 from edge.config import LineConfig, OutputConfig
+from edge.counts import class_name
 from edge.detections import Detections
 
-__all__ = ["Annotator", "draw"]
+__all__ = ["Annotator", "draw", "draw_detections"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -47,7 +48,7 @@ def draw(
     for (x1, y1, x2, y2), cls, tid in zip(tracked.xyxy.astype(int), tracked.class_id, ids, strict=True):
         color = _color(int(tid))
         cv2.rectangle(img, (x1, y1), (x2, y2), color, 2)
-        name = names[cls] if 0 <= cls < len(names) else str(cls)
+        name = class_name(names, int(cls))
         _label(img, f"#{tid} {name}", x1, y1, color)
     for line in lines:
         a = tuple(int(v) for v in line.start)
@@ -109,3 +110,19 @@ class Annotator:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+
+
+def draw_detections(frame: np.ndarray, dets: Detections, names: Sequence[str]) -> np.ndarray:
+    """Return a copy of ``frame`` with untracked detections drawn: a box and ``class 0.87`` each.
+
+    For still images and single frames (``lanecount-train predict``): the colour is the class's.
+    """
+    img = frame.copy()
+    for (x1, y1, x2, y2), cls, conf in zip(
+        dets.xyxy.astype(int), dets.class_id, dets.confidence, strict=True
+    ):
+        color = _color(int(cls) + 1)
+        cv2.rectangle(img, (x1, y1), (x2, y2), color, 2)
+        name = names[cls] if 0 <= cls < len(names) else str(cls)
+        _label(img, f"{name} {conf:.2f}", x1, y1, color)
+    return img

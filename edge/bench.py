@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import yaml
@@ -82,14 +82,42 @@ def _daemon_config(a: argparse.Namespace, tmp: Path, port: int | None, loop: boo
     return path
 
 
-def _worker_lanecount(a: argparse.Namespace) -> dict[str, Any]:
+def _timed_daemon(config: Path) -> Any:
+    """The real daemon, timing each frame's whole path and noting whether it had a crossing."""
     from edge.daemon import Daemon
 
+    class Timed(Daemon):
+        frame_ms: ClassVar[list[tuple[float, bool]]] = []
+
+        def _handle(self, frame: Any, decode_ms: float) -> None:
+            before = sum(
+                n for by in self.pipeline.counter.totals.values() for d in by.values() for n in d.values()
+            )
+            t0 = time.perf_counter()
+            super()._handle(frame, decode_ms)
+            ms = (time.perf_counter() - t0) * 1000 + decode_ms
+            after = sum(
+                n for by in self.pipeline.counter.totals.values() for d in by.values() for n in d.values()
+            )
+            self.frame_ms.append((ms, after > before))
+
+    return Timed(config)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "p50": 0.0, "p99": 0.0}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"n": len(ordered), "p50": pick(0.5), "p99": pick(0.99)}
+
+
+def _worker_lanecount(a: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         broker = start_broker(port, Path(tmp))
         try:
-            daemon = Daemon(_daemon_config(a, Path(tmp), port, loop=False))
+            daemon = _timed_daemon(_daemon_config(a, Path(tmp), port, loop=False))
             t0 = time.perf_counter()
             daemon.run()
             wall = time.perf_counter() - t0
@@ -109,8 +137,11 @@ def _worker_lanecount(a: argparse.Namespace) -> dict[str, Any]:
         count = reg.get_sample_value("lanecount_stage_seconds_count", {"stage": s}) or 1.0
         stages[s] = total * 1000 / count
     frames = daemon.frames
+    timed = daemon.frame_ms
     return {
         "frames": frames,
+        "frame_ms_crossing": _percentiles([ms for ms, crossed in timed if crossed]),
+        "frame_ms_other": _percentiles([ms for ms, crossed in timed if not crossed]),
         "fps": 1 / steady,
         "fps_with_startup": frames / wall,
         "stages_ms": stages,
@@ -264,6 +295,13 @@ def report(r: dict[str, Any]) -> str:
         )
     else:
         out.append(f"ultralytics track   {ul or 'skipped (--skip-ultralytics)'}")
+    cross, other = lc.get("frame_ms_crossing"), lc.get("frame_ms_other")
+    if cross and other:
+        out.append(
+            f"frame time          p50 {other['p50']:.2f} / p99 {other['p99']:.2f} ms"
+            f" ({other['n']} frames without"
+            f" a crossing); p50 {cross['p50']:.2f} / p99 {cross['p99']:.2f} ms ({cross['n']} with one)"
+        )
     out.append(f"tracking+counting   {tc['ms_5']:.3f} ms @5 objects, {tc['ms_20']:.3f} ms @20 objects\n")
     out.append("ratios (same run)                               value   target")
     out.append(f"  lanecount e2e fps / inference-only fps       {_ratio(lc['fps'], inf['fps']):>6}   >= 0.90")

@@ -405,7 +405,9 @@ def select_variant(
     if onnx:
         v = next(iter(onnx.values()))
         return v, f"{v['precision'].upper()} ONNX model (the only ONNX variant)" + refused
-    name = manifest.get("name", "bundle")
+    name = (
+        bundle_or_manifest.path if isinstance(bundle_or_manifest, Bundle) else manifest.get("name", "bundle")
+    )
     if gpu is None:
         raise BundleError(
             f"{name}: the bundle holds only TensorRT engines and TensorRT is not available here"

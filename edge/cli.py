@@ -63,14 +63,20 @@ def run(
         typer.Option(help="write this run's final counts here (JSON, replay's counts.json shape)"),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="override the config's log_level")] = None,
+    recount: Annotated[
+        bool, typer.Option(help="count a recording again even if this state_dir already counted it")
+    ] = False,
 ) -> None:
     """Run the daemon until the source ends (a file without loop) or SIGTERM."""
     from edge.daemon import Daemon
 
     level = _log_level(log_level)
-    daemon = Daemon(config, counts_out=counts_out)
+    daemon = Daemon(config, counts_out=counts_out, recount=recount)
     _setup_logging(level or daemon.cfg.log_level)
-    raise typer.Exit(daemon.run())
+    rc = daemon.run()
+    if daemon.source is not None and not daemon.source.live:
+        typer.echo(f"{config}: {daemon.summary()}", err=True)
+    raise typer.Exit(rc)
 
 
 @app.command("check-config")
@@ -78,14 +84,14 @@ def check_config(
     path: Annotated[Path, typer.Argument(help="YAML config file")],
     replay_only: Annotated[bool, typer.Option("--replay", help="check only what replay needs")] = False,
 ) -> None:
-    """Validate a config file; prints every problem as file:line: field: message."""
-    from edge.config import load_config, require_for_run
+    """Validate a config file as ``run`` does; prints every problem as file:line: field: message."""
+    from edge.config import load_config
+    from edge.validate import validate_for_run
 
     cfg = load_config(path)
-    if not replay_only:
-        require_for_run(cfg, str(path))
+    model = "" if replay_only else f", model {validate_for_run(cfg, path).version}"
     lines = ", ".join(line.name for line in cfg.counting.lines) or "none"
-    typer.echo(f"{path}: ok (site {cfg.site}, device {cfg.device}, lines: {lines})")
+    typer.echo(f"{path}: ok (site {cfg.site}, device {cfg.device}, lines: {lines}{model})")
 
 
 @app.command()
@@ -107,15 +113,20 @@ def replay(
 @app.command()
 def stats(
     tracks: Annotated[Path, typer.Argument(help="tracks.txt of a run or replay, or the folder holding it")],
-    fps: Annotated[float, typer.Option(help="frame rate, to turn frames into seconds")] = 30.0,
-    names: Annotated[str | None, typer.Option(help="comma-separated class names for class ids")] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="frame rate (default: the run's tracks.json, else 30)")
+    ] = None,
+    names: Annotated[
+        str | None, typer.Option(help="comma-separated class names (default: the run's tracks.json)")
+    ] = None,
 ) -> None:
     """Tracking analysis: tracks per class, durations, frame ranges, short and long tracks."""
-    from edge.stats import format_stats, load_track_stats
+    from edge.stats import format_stats, load_track_stats, stats_inputs
 
     path = tracks / "tracks.txt" if tracks.is_dir() else tracks
-    class_names = tuple(names.split(",")) if names else ()
-    typer.echo(format_stats(load_track_stats(path, fps=fps), class_names))
+    rate, class_names, note = stats_inputs(path, fps, names.split(",") if names else None)
+    typer.echo(note)
+    typer.echo(format_stats(load_track_stats(path, fps=rate), class_names))
 
 
 @app.command()

@@ -177,7 +177,7 @@ def health(
 ) -> None:
     """Wait until the device's retained status shows VERSION, online, with frames flowing; else exit 1."""
     from edge.config import load_config
-    from edge.health import wait_healthy
+    from edge.healthgate import wait_healthy
 
     problem = wait_healthy(load_config(config), version, timeout, credentials_dir)
     if problem:

@@ -18,16 +18,24 @@ Every payload may carry an ``id`` (string) that is echoed in the reply on ``cmd/
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.errors import CommandError
+from edge.errors import CommandError, LanecountError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "COMMANDS",
     "Command",
+    "CommandBridge",
     "ReloadCommand",
     "ResetCommand",
     "RestockedCommand",
@@ -83,6 +91,8 @@ def _decode(name: str, payload: bytes, max_bytes: int) -> dict[str, Any]:
         data = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CommandError(f"command {name!r}: payload is not JSON: {exc}") from None
+    except RecursionError:  # deeply nested arrays: json recurses once per level
+        raise CommandError(f"command {name!r}: payload is nested too deeply") from None
     if not isinstance(data, dict):
         raise CommandError(f"command {name!r}: payload must be a JSON object, got {type(data).__name__}")
     return data
@@ -128,7 +138,7 @@ def command_id(payload: bytes, max_bytes: int = 4096) -> str | None:
         return None
     try:
         data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and len(value) <= 128 else None
@@ -145,3 +155,69 @@ def result_payload(
         "message": message,
         "timestamp": time.time() if timestamp is None else timestamp,
     }
+
+
+class CommandBridge:
+    """Hands commands from the MQTT network thread to the frame loop, which alone touches the state.
+
+    :meth:`submit` (network thread) queues a command and waits for its result; :meth:`run_pending`
+    (frame loop, between frames and at least once a second) executes what is queued. A command not
+    started within ``wait_s``, or one arriving while the daemon stops, is cancelled and never runs
+    later: its sender gets an ``ok: false`` reply and may send it again.
+
+    Args:
+        wait_s: the longest a command waits for the frame loop.
+    """
+
+    def __init__(self, wait_s: float = 10.0) -> None:
+        self.wait_s = wait_s
+        self.stopping = False
+        self._queue: queue.Queue[tuple[Command, Future[str]]] = queue.Queue()
+
+    def submit(self, cmd: Command) -> str:
+        """Queue ``cmd`` for the frame loop and return its result message.
+
+        Raises:
+            CommandError: refused or not run; a LanecountError the command raised is passed on.
+        """
+        if self.stopping:
+            raise CommandError(f"command {cmd.command!r}: the daemon is stopping; not executed")
+        done: Future[str] = Future()
+        self._queue.put((cmd, done))
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                return done.result(timeout=0.2)
+            except FutureTimeout:  # not the builtin TimeoutError on Python 3.10
+                if not (self.stopping or time.monotonic() >= deadline):
+                    continue
+                if done.cancel():
+                    why = "the daemon is stopping" if self.stopping else "the frame loop is busy"
+                    raise CommandError(f"command {cmd.command!r}: {why}; not executed") from None
+
+    def run_pending(self, execute: Callable[[Command], str]) -> None:
+        """Execute every queued command (frame loop); a failing command never stops the loop."""
+        for cmd, done in self._drain():
+            try:
+                done.set_result(execute(cmd))
+            except LanecountError as exc:
+                done.set_exception(exc)
+            except Exception as exc:
+                log.exception("command %r failed", cmd.command)
+                done.set_exception(exc)
+
+    def refuse_pending(self) -> None:
+        """Answer every queued command with "not executed" (the daemon is stopping)."""
+        self.stopping = True
+        for cmd, done in self._drain():
+            done.set_exception(CommandError(f"command {cmd.command!r}: the daemon is stopping; not executed"))
+
+    def _drain(self) -> list[tuple[Command, Future[str]]]:
+        items: list[tuple[Command, Future[str]]] = []
+        while True:
+            try:
+                cmd, done = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if done.set_running_or_notify_cancel():  # else its sender already got "not executed"
+                items.append((cmd, done))

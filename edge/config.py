@@ -11,6 +11,7 @@ Every section has defaults, so a file holding only ``counting: {lines: [...]}`` 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,7 @@ __all__ = [
     "CountingConfig",
     "DepletionRule",
     "EdgeConfig",
+    "KeyLines",
     "LineConfig",
     "ModelConfig",
     "MqttConfig",
@@ -40,9 +42,12 @@ __all__ = [
     "OutputConfig",
     "SourceConfig",
     "TrackingConfig",
+    "config_key_lines",
     "load_config",
     "parse_config",
+    "read_yaml",
     "require_for_run",
+    "topic_prefix_problem",
 ]
 
 Point = Annotated[tuple[float, float], Field(description="[x, y] in frame pixels")]
@@ -72,6 +77,9 @@ class SourceConfig(_Model):
     stall_timeout_s: float = Field(5.0, gt=0, description="live sources: no frame for this long = stalled")
     reconnect_initial_s: float = Field(0.5, gt=0, description="first reopen delay; doubles on each failure")
     reconnect_max_s: float = Field(30.0, gt=0, description="upper bound of the reopen delay")
+    alert_after_s: float = Field(
+        60.0, gt=0, description="live sources: no frame for this long raises the retained alerts/source alert"
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:
@@ -113,6 +121,11 @@ class BackendConfig(_Model):
     iou: float = Field(0.45, ge=0, le=1, description="NMS IoU threshold (class-aware)")
     max_det: int = Field(100, ge=1, description="most detections kept per frame")
     classes: list[int] | None = Field(None, description="keep only these class ids (default: all)")
+    max_failure_s: float = Field(
+        30.0,
+        gt=0,
+        description="inference failing on every frame for this long: exit non-zero (systemd restarts)",
+    )
     precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp32",
         description="bundles: int8 runs the INT8 ONNX variant on ONNX Runtime; engines of it preferred",
@@ -125,11 +138,14 @@ class TrackingConfig(_Model):
     distance: Literal["iou", "euclidean"] = Field(
         "iou", description="iou: 1 - IoU of boxes; euclidean: centre distance in px"
     )
-    distance_threshold: float = Field(0.8, gt=0, description="largest distance that still matches (iou: < 1)")
+    distance_threshold: float = Field(0.7, gt=0, description="largest distance that still matches (iou: < 1)")
     hit_counter_max: int = Field(15, ge=1, description="frames a track survives without a detection")
-    initialization_delay: int = Field(2, ge=0, description="detections needed before a track is confirmed")
+    initialization_delay: int = Field(3, ge=0, description="detections needed before a track is confirmed")
     past_detections_length: int = Field(4, ge=0, description="past detections kept per track (re-id)")
-    class_vote_window: int = Field(30, ge=1, description="detections in a track's majority class vote")
+    class_vote_window: int = Field(100, ge=1, description="detections in a track's majority class vote")
+    class_vote_confidence: bool = Field(
+        True, description="weigh each detection's class vote by its confidence"
+    )
 
     @model_validator(mode="after")
     def _delay_below_max(self) -> TrackingConfig:
@@ -165,7 +181,7 @@ class CountingConfig(_Model):
     lines: list[LineConfig] = Field(default_factory=list, description="counting lines")
     anchor: Anchor = Field("bottom_center", description="the point of a box that must cross a line")
     hysteresis_px: float = Field(
-        6.0,
+        12.0,
         ge=0,
         description="band around a line the anchor must leave on the far side before a crossing counts",
     )
@@ -176,7 +192,7 @@ class CountingConfig(_Model):
             "a track born near a line within this many frames inherits the side of one that died there"
         ),
     )
-    handoff_px: float = Field(80.0, ge=0, description="how near (px) a new track must be born to inherit")
+    handoff_px: float = Field(120.0, ge=0, description="how near (px) a new track must be born to inherit")
 
     @field_validator("lines")
     @classmethod
@@ -240,9 +256,22 @@ class MqttConfig(_Model):
     )
     tls: TlsConfig | None = None
     keepalive_s: int = Field(30, ge=5, description="MQTT keepalive")
+    reconnect_max_s: float = Field(
+        10.0, gt=0, le=300, description="longest wait between reconnect attempts (the delay doubles up to it)"
+    )
     publish_period_s: float = Field(10.0, gt=0, description="period of the counts message")
     status_period_s: float = Field(30.0, gt=0, description="period of the retained status message")
     max_command_bytes: int = Field(4096, ge=64, description="larger inbound commands are rejected")
+
+    @field_validator("prefix")
+    @classmethod
+    def _publishable_prefix(cls, prefix: str) -> str:
+        # A wildcard or an empty level makes every publish fail, and the outbox then drops each message
+        # as unsendable; a leading "$" names the broker's own ($SYS) topics.
+        problem = topic_prefix_problem(prefix)
+        if problem:
+            raise ValueError(problem)
+        return prefix
 
 
 class OutboxConfig(_Model):
@@ -286,6 +315,12 @@ class EdgeConfig(_Model):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="serve Prometheus metrics on this port"
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address the metrics port binds: loopback unless a remote Prometheus must reach it "
+        "(0.0.0.0: every interface)",
+    )
 
     @model_validator(mode="after")
     def _pass_bundle_context(self) -> EdgeConfig:
@@ -297,6 +332,30 @@ class EdgeConfig(_Model):
     def state_path(self) -> Path:
         """Directory of the durable state: ``$STATE_DIRECTORY`` under systemd, else ``state_dir``."""
         return Path(os.environ.get("STATE_DIRECTORY", self.state_dir).split(":")[0])
+
+
+def topic_prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot start an MQTT topic name, or ``None`` when it can.
+
+    Example:
+        >>> topic_prefix_problem("lanecount/#")
+        "topic prefix 'lanecount/#' contains the wildcard '#': topics to publish to cannot hold + or #"
+    """
+    for wildcard in ("#", "+"):
+        if wildcard in prefix:
+            return (
+                f"topic prefix {prefix!r} contains the wildcard {wildcard!r}: "
+                "topics to publish to cannot hold + or #"
+            )
+    if "\0" in prefix:
+        return f"topic prefix {prefix!r} contains a NUL character"
+    if prefix.startswith("$"):
+        return f"topic prefix {prefix!r} starts with '$', which brokers reserve for their own topics ($SYS)"
+    if prefix.startswith("/") or prefix.endswith("/"):
+        return f"topic prefix {prefix!r} starts or ends with '/': that makes an empty topic level"
+    if "" in prefix.split("/"):
+        return f"topic prefix {prefix!r} has an empty level ('//' or nothing at all)"
+    return None
 
 
 def require_for_run(cfg: EdgeConfig, source_name: str = "config") -> None:
@@ -312,11 +371,49 @@ def require_for_run(cfg: EdgeConfig, source_name: str = "config") -> None:
 
 # --- loading with line numbers -------------------------------------------------------------------
 
+Loc = Sequence[Any]
+"""A path into the document: mapping keys and list indexes, e.g. ``("counting", "lines", 0, "name")``."""
+
+
+class KeyLines:
+    r"""The line of every mapping key of a parsed YAML document, looked up by path.
+
+    Example:
+        >>> _, lines, _ = read_yaml("mqtt:\n  prefix: a\n", "edge.yaml")
+        >>> lines.where("edge.yaml", ("mqtt", "prefix"))
+        'edge.yaml:2'
+    """
+
+    def __init__(self, root: Any = None, table: dict[int, tuple[Any, dict[Any, int]]] | None = None) -> None:
+        """Wrap a parsed document and its ``id(mapping) -> (mapping, {key: line})`` table."""
+        self._root = root
+        self._table = table or {}
+
+    def line(self, loc: Loc) -> int | None:
+        """Line (1-based) of the deepest key of ``loc`` present in the document; ``None`` when none is."""
+        node, line = self._root, None
+        for part in loc:
+            entry = self._table.get(id(node)) if isinstance(node, dict) else None
+            if entry and part in entry[1]:
+                line = entry[1][part]
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                break
+        return line
+
+    def where(self, source_name: str, loc: Loc) -> str:
+        """``source:line`` of ``loc``, or ``source`` alone when the document does not hold it."""
+        line = self.line(loc)
+        return f"{source_name}:{line}" if line else source_name
+
 
 class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of every mapping key, by dotted path."""
+    """A SafeLoader that remembers the line of every mapping key, and every key given twice."""
 
     key_lines: dict[int, tuple[Any, dict[Any, int]]]
+    duplicates: list[tuple[dict[Any, Any], Any, int, int]]  # (mapping, key, first line, repeated line)
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -324,8 +421,11 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
     lines: dict[Any, int] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            loader.duplicates.append((mapping, key, lines[key], line))
         mapping[key] = loader.construct_object(value_node, deep=True)
-        lines[key] = key_node.start_mark.line + 1
+        lines[key] = line
     loader.key_lines[id(mapping)] = (mapping, lines)
     return mapping
 
@@ -333,29 +433,46 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _line_of(root: Any, loc: tuple[Any, ...], key_lines: dict[int, tuple[Any, dict[Any, int]]]) -> int | None:
-    """Walk ``loc`` through the parsed document; return the line of the deepest key found."""
-    node, line = root, None
-    for part in loc:
-        entry = key_lines.get(id(node)) if isinstance(node, dict) else None
-        if entry and part in entry[1]:
-            line = entry[1][part]
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            break
-    return line
+def _mapping_paths(
+    node: Any, path: tuple[Any, ...], out: dict[int, tuple[Any, ...]]
+) -> dict[int, tuple[Any, ...]]:
+    """``id(mapping) -> path`` for every mapping in the document."""
+    if isinstance(node, dict):
+        out[id(node)] = path
+        for key, value in node.items():
+            _mapping_paths(value, (*path, key), out)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _mapping_paths(value, (*path, i), out)
+    return out
 
 
-def parse_config(text: str, source_name: str = "<config>") -> EdgeConfig:
-    """Parse and validate YAML text.
+def _duplicate_problems(loader: _LineLoader, root: Any, source_name: str) -> list[str]:
+    # YAML lets the last of two equal keys win without a word: a second state_dir silently moved the state.
+    paths = _mapping_paths(root, (), {})
+    problems = []
+    for mapping, key, first, line in loader.duplicates:
+        field = ".".join(str(p) for p in (*paths.get(id(mapping), ()), key))
+        problems.append(
+            f"{source_name}:{line}: {field}: duplicate key (first at line {first}); "
+            "YAML would silently keep only the last one"
+        )
+    return problems
+
+
+def read_yaml(text: str, source_name: str = "<config>") -> tuple[Any, KeyLines, list[str]]:
+    """Parse YAML text, remembering the line of every key.
+
+    Returns:
+        ``(document, key lines, problems)``: one ``source:line: field: duplicate key ...`` problem per key
+        given twice in the same mapping.
 
     Raises:
-        ConfigError: one ``source:line: field: message`` per problem.
+        ConfigError: when the text is not valid YAML (with the line of the error).
     """
     loader = _LineLoader(text)
     loader.key_lines = {}
+    loader.duplicates = []
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
@@ -364,22 +481,40 @@ def parse_config(text: str, source_name: str = "<config>") -> EdgeConfig:
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     finally:
         loader.dispose()
+    return data, KeyLines(data, loader.key_lines), _duplicate_problems(loader, data, source_name)
+
+
+def parse_config(text: str, source_name: str = "<config>") -> EdgeConfig:
+    """Parse and validate YAML text.
+
+    Raises:
+        ConfigError: one ``source:line: field: message`` per problem, duplicate keys included.
+    """
+    data, lines, problems = read_yaml(text, source_name)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source_name}:1: the config must be a mapping of sections")
     try:
-        return EdgeConfig.model_validate(data)
+        cfg = EdgeConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            line = _line_of(data, loc, loader.key_lines)
             field = ".".join(str(p) for p in loc) or "(top level)"
             msg = err["msg"].removeprefix("Value error, ")
-            where = f"{source_name}:{line}" if line else source_name
-            problems.append(f"{where}: {field}: {msg}")
-        raise ConfigError(problems) from None
+            problems.append(f"{lines.where(source_name, loc)}: {field}: {msg}")
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the config is not UTF-8 text: {exc.reason}") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> EdgeConfig:
@@ -389,8 +524,33 @@ def load_config(path: str | os.PathLike[str]) -> EdgeConfig:
         ConfigError: when the file cannot be read or is invalid; one line per problem.
     """
     p = Path(path)
+    return parse_config(_read_text(p), str(p))
+
+
+def config_key_lines(path: str | os.PathLike[str]) -> KeyLines:
+    """The key lines of a config file (for checks beyond the typed models); empty when it cannot be read."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
-    return parse_config(text, str(p))
+        return read_yaml(_read_text(Path(path)), str(path))[1]
+    except ConfigError:
+        return KeyLines()
+
+
+# --- reload policy ---------------------------------------------------------------------------------
+
+RESTART_ONLY = ("site", "device", "state_dir", "source", "outbox", "output", "metrics_port", "metrics_host")
+"""Sections a reload cannot apply: they belong to resources opened once at start-up."""
+
+
+def reloadable(running: EdgeConfig, new: EdgeConfig) -> tuple[EdgeConfig, list[str]]:
+    """``new`` with the running values of what only a restart can change, and the names of those kept.
+
+    The MQTT connection stays as it is too, except its publish and status periods.
+    """
+    keep: dict[str, Any] = {
+        k: getattr(running, k) for k in RESTART_ONLY if getattr(new, k) != getattr(running, k)
+    }
+    periods = {"publish_period_s": new.mqtt.publish_period_s, "status_period_s": new.mqtt.status_period_s}
+    mqtt = running.mqtt.model_copy(update=periods)
+    if mqtt != new.mqtt:
+        keep["mqtt"] = mqtt
+    return (new.model_copy(update=keep) if keep else new), sorted(keep)

@@ -10,7 +10,9 @@
     │   └── InferenceError       a run of the model failed
     ├── SourceError          a camera/file/stream cannot be opened or read
     ├── PublishError         MQTT configuration or connection problems
-    └── CommandError         an inbound command is malformed or not allowed
+    ├── CommandError         an inbound command is malformed or not allowed
+    └── FatalError           the daemon cannot go on (state not writable, inference failing for
+                             ``backend.max_failure_s``): it exits 1 so systemd restarts it
 
 The daemon decides per class: a ``SourceError`` at run time is retried with backoff, an
 ``InferenceError`` skips the frame, anything else at start-up exits non-zero so systemd restarts it.
@@ -23,6 +25,7 @@ __all__ = [
     "BackendUnavailable",
     "CommandError",
     "ConfigError",
+    "FatalError",
     "InferenceError",
     "LanecountError",
     "ModelError",
@@ -69,3 +72,7 @@ class PublishError(LanecountError):
 
 class CommandError(LanecountError):
     """An inbound command is malformed, too large, or unknown."""
+
+
+class FatalError(LanecountError):
+    """The running daemon cannot go on; what is committed stays, and it exits 1 for systemd to restart."""

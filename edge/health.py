@@ -1,83 +1,90 @@
-"""The rollout health gate: does the device's retained status show the new model with frames flowing?
+"""What the daemon's loop watches about itself: stop/reload signals, failures over time, frame rate.
 
-``lanecount-edge model health --version V`` subscribes to the device's own retained ``status`` topic on
-the broker its config names (with the same credentials) and waits until a message says
-``state: online``, ``model_version: V`` and frames are flowing (``fps > 0``, or ``frames`` growing
-between two messages). Ansible's update-model.yml runs it after ``model install``.
+Kept apart from :mod:`edge.daemon` so the loop reads as what it does, not how it measures.
 """
 
 from __future__ import annotations
 
-import json
-import queue
+import logging
+import signal
+import threading
 import time
-from pathlib import Path
+from collections import deque
+from types import FrameType
 from typing import Any
 
-from edge.config import EdgeConfig
-from edge.errors import PublishError
+__all__ = ["FailureClock", "FpsMeter", "Signals"]
 
-__all__ = ["is_healthy", "wait_healthy"]
+log = logging.getLogger("lanecount")
 
-
-def is_healthy(status: dict[str, Any], version: str, previous: dict[str, Any] | None) -> str | None:
-    """Why ``status`` is not (yet) healthy for ``version``; None when it is."""
-    if status.get("state") != "online":
-        return f"state is {status.get('state')!r} ({status.get('reason', 'no reason given')})"
-    if str(status.get("model_version")) != version:
-        return f"model_version is {status.get('model_version')!r}, expected {version!r}"
-    if float(status.get("fps") or 0) > 0:
-        return None
-    if previous is not None and int(status.get("frames") or 0) > int(previous.get("frames") or 0):
-        return None
-    return f"no frames flowing (fps {status.get('fps')}, frames {status.get('frames')})"
+_FPS_WINDOW_S = 2.0
 
 
-def wait_healthy(
-    cfg: EdgeConfig, version: str, timeout: float, credentials_dir: Path | None = None
-) -> str | None:
-    """Wait up to ``timeout`` s for a healthy status; returns the last reason it was not, or None."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+class Signals:
+    """Signal handlers that only set flags (the loop acts on them between frames)."""
 
-    from edge.mqtt import resolve_password
+    def __init__(self) -> None:
+        self.stop = False
+        self.reload = False
+        self._previous: dict[int, Any] = {}
 
-    env = {"CREDENTIALS_DIRECTORY": str(credentials_dir)} if credentials_dir else None
-    topic = f"{cfg.mqtt.prefix}/{cfg.site}/{cfg.device}/status"
-    inbox: queue.Queue[bytes | bytearray] = queue.Queue()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"lanecount-health-{cfg.site}-{cfg.device}")
-    if cfg.mqtt.username:
-        client.username_pw_set(cfg.mqtt.username, resolve_password(cfg.mqtt, env))
-    if cfg.mqtt.tls is not None:
-        client.tls_set(
-            ca_certs=cfg.mqtt.tls.ca_certs, certfile=cfg.mqtt.tls.certfile, keyfile=cfg.mqtt.tls.keyfile
-        )
-        client.tls_insecure_set(cfg.mqtt.tls.insecure)
-    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    client.on_message = lambda _c, _u, msg: inbox.put(msg.payload)
-    deadline = time.monotonic() + timeout
-    try:
-        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive_s)
-    except OSError as exc:
-        raise PublishError(f"health: cannot reach broker {cfg.mqtt.host}:{cfg.mqtt.port}: {exc}") from None
-    client.loop_start()
-    reason, previous = f"no status on {topic} within {timeout:g} s", None
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                payload = inbox.get(timeout=min(left, 1.0))
-            except queue.Empty:
-                continue
-            try:
-                status = json.loads(payload)
-            except ValueError:
-                continue
-            why = is_healthy(status, version, previous)
-            if why is None:
-                return None
-            reason = f"{topic}: {why}"
-            previous = status if str(status.get("model_version")) == version else None
-        return reason
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    def install(self) -> None:
+        """Install the handlers (main thread only; elsewhere the owner sets ``stop`` itself)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in (
+            (signal.SIGTERM, self._on_stop),
+            (signal.SIGINT, self._on_stop),
+            (signal.SIGHUP, self._on_hup),
+        ):
+            self._previous[sig] = signal.signal(sig, handler)
+
+    def restore(self) -> None:
+        """Put back the handlers found by :meth:`install` (a daemon run in-process, e.g. by tests)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self.stop = True
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload = True
+
+
+class FailureClock:
+    """How long something has been failing: ``since`` is when the current run of failures began."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def failed(self, now: float) -> float:
+        """Record a failure; return for how long it has been failing."""
+        self.since = now if self.since is None else self.since
+        return now - self.since
+
+    def ok(self) -> float | None:
+        """Record a success; return how long the failure lasted, or ``None`` if there was none."""
+        since, self.since = self.since, None
+        return None if since is None else time.monotonic() - since
+
+
+class FpsMeter:
+    """Frames per second over the last two seconds; 0 once frames stop (a stalled camera)."""
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque()
+
+    def tick(self, now: float) -> None:
+        """A frame was processed at ``now`` (monotonic seconds)."""
+        self._times.append(now)
+
+    def rate(self, now: float) -> float:
+        """The recent rate at ``now``."""
+        times = self._times
+        while times and now - times[0] > _FPS_WINDOW_S:
+            times.popleft()
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)

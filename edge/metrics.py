@@ -5,6 +5,8 @@ A private registry (not the global one) so several pipelines in one process (tes
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["STAGES", "Metrics"]
@@ -19,6 +21,7 @@ class Metrics:
     def __init__(self) -> None:
         """Create the metric families in a fresh registry."""
         self.registry = CollectorRegistry()
+        self._server: WSGIServer | None = None
         r = self.registry
         self.fps = Gauge("lanecount_fps", "Frames processed per second (recent)", registry=r)
         self.frames = Counter("lanecount_frames", "Frames processed", registry=r)
@@ -40,6 +43,9 @@ class Metrics:
             "lanecount_source_reconnects", "Times the source was reopened", registry=r
         )
         self.alerts = Gauge("lanecount_alerts_active", "Restock alerts raised now", registry=r)
+        self.source_up = Gauge(
+            "lanecount_source_up", "1 while frames arrive, 0 while the source is down", registry=r
+        )
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         """Record one frame's stage timings (milliseconds)."""
@@ -47,6 +53,32 @@ class Metrics:
             child = self._stages.get(name) or self._stages.setdefault(name, self.stage.labels(name))
             child.observe(ms / 1000)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve ``/metrics`` on ``port`` from a daemon thread."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1") -> tuple[str, int] | None:
+        """Serve ``/metrics`` on ``port`` from a daemon thread.
+
+        Args:
+            port: TCP port (0: any free one).
+            addr: address to bind; loopback by default, because the page tells anyone who can reach it
+                the site's sales and the device's health. ``0.0.0.0`` (config ``metrics_host``) for a
+                Prometheus on another machine, behind the site's firewall.
+
+        Returns:
+            The bound ``(address, port)`` when the Prometheus client reports it.
+
+        Raises:
+            OSError: the address cannot be bound (port in use, unknown address).
+        """
+        started = start_http_server(port, addr=addr, registry=self.registry)
+        # prometheus-client >= 0.17 returns (server, thread); keep the server to report and close it.
+        self._server = started[0] if isinstance(started, tuple) else None
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        """Stop serving ``/metrics`` (a no-op when not serving)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -119,8 +119,6 @@ def _load_bundle(cfg: ModelConfig, path: Path, base_dir: str | Path | None) -> M
     variant, reason = select_variant(bundle, precision=precision, gpu=gpu)
     if backend == "tensorrt" and variant["kind"] != "engine":
         raise BundleError(f"{path}: backend.type tensorrt needs an engine for this GPU, but: {reason}")
-    if backend != "tensorrt" and variant["kind"] == "engine":  # pragma: no cover - select_variant never does
-        raise BundleError(f"{path}: {variant['file']} is a TensorRT engine; set backend.type: tensorrt")
     dest = _extract_dir(bundle.manifest_bytes, bundle.name, bundle.version, state)
     model_path = dest / "files" / variant["file"]
     sha = bundle.manifest["files"][variant["file"]]["sha256"]
@@ -144,11 +142,14 @@ def _load_bundle(cfg: ModelConfig, path: Path, base_dir: str | Path | None) -> M
 
 
 def _extract_dir(manifest: bytes, name: str, version: str, state: str | None) -> Path:
-    """``<state>/models/<name>-<version>-<manifest digest>``: one directory per signed manifest."""
+    """``<state>/models/<name>--<version>-<manifest digest>``: one directory per signed manifest."""
     digest = hashlib.sha256(manifest).hexdigest()[:12]
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{name}-{version}")
     root = Path(state) / "models" if state else _temp_root()
-    return root / f"{safe}-{digest}"
+    return root / f"{_safe(name)}--{_safe(version)}-{digest}"
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in text).lstrip(".") or "_"
 
 
 _TEMP_ROOT: list[Path] = []
@@ -187,6 +188,13 @@ def _extract(bundle: Any, dest: Path) -> None:
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # Older extractions of this model are caches of other bundles: a rollback re-extracts from its .lcb.
+    # (A detector still using one keeps its open file or the bytes it already read.)
+    name = dest.name.split("--", 1)[0]
+    for old in dest.parent.glob(f"{name}--*"):
+        if old != dest and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("removed the extraction of an older bundle: %s", old)
 
 
 def split_engine_header(data: bytes) -> tuple[dict[str, Any] | None, bytes]:

@@ -35,9 +35,10 @@ import os
 import queue
 import re
 import ssl
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,8 @@ from edge.commands import Command, command_id, parse_command, result_payload
 from edge.config import MqttConfig
 from edge.errors import CommandError, LanecountError, PublishError
 from edge.outbox import Outbox
-from edge.store import CrossingLike, class_name
 
-__all__ = ["Publisher", "crossing_message", "resolve_password"]
+__all__ = ["Publisher", "resolve_password"]
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +75,6 @@ def resolve_password(cfg: MqttConfig, environ: Mapping[str, str] | None = None) 
         raise PublishError(f"mqtt.password_file: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def crossing_message(crossing: CrossingLike, names: Sequence[str] | Mapping[int, str]) -> dict[str, Any]:
-    """The ``events/crossing`` payload of one crossing (see ``edge/schemas/crossing.json``)."""
-    msg: dict[str, Any] = {
-        "line": crossing.line,
-        "track_id": int(crossing.track_id),
-        "class_id": int(crossing.class_id),
-        "class_name": class_name(names, int(crossing.class_id)),
-        "direction": str(crossing.direction),
-        "timestamp": float(crossing.timestamp),
-    }
-    frame = getattr(crossing, "frame", None)
-    if frame is not None:
-        msg["frame"] = int(frame)
-    return msg
-
-
 class Publisher:
     """Publish through the outbox; receive commands; keep the retained status honest.
 
@@ -104,7 +88,8 @@ class Publisher:
             network thread, so it must be thread-safe and quick.
         status_payload: extra fields of the ``online`` status (``model_version``, ``fps``...).
         max_inflight: most messages published but not yet acknowledged.
-        reconnect_delay: first and largest delay (s) between reconnect attempts (doubling).
+        reconnect_delay: first and largest delay (s) between reconnect attempts (doubling); default
+            ``(1, cfg.reconnect_max_s)``.
 
     Raises:
         PublishError: unreadable password file or TLS files.
@@ -125,7 +110,7 @@ class Publisher:
         status_payload: Callable[[], dict[str, Any]] | None = None,
         *,
         max_inflight: int = 20,
-        reconnect_delay: tuple[float, float] = (1.0, 60.0),
+        reconnect_delay: tuple[float, float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.site, self.device = site, device
@@ -142,7 +127,8 @@ class Publisher:
         self._events: queue.Queue[tuple[str, int]] = queue.Queue()
         self._quit = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client = self._make_client(reconnect_delay)
+        self._status_now = threading.Event()
+        self._client = self._make_client(reconnect_delay or (1.0, cfg.reconnect_max_s))
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -150,7 +136,9 @@ class Publisher:
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
         )
-        client.enable_logger(log.getChild("paho"))
+        paho_log = log.getChild("paho")
+        paho_log.addFilter(_not_while_connecting)
+        client.enable_logger(paho_log)
         client.suppress_exceptions = True
         client.max_inflight_messages_set(self.max_inflight)
         client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]
@@ -166,6 +154,7 @@ class Publisher:
                 raise PublishError(f"mqtt.tls: {exc}") from None
             client.tls_insecure_set(tls.insecure)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -202,7 +191,7 @@ class Publisher:
 
     # --- outbound ----------------------------------------------------------------------------------
 
-    def publish(self, kind: str, payload: Mapping[str, Any], retain: bool = False) -> int:
+    def publish(self, kind: str, payload: Mapping[str, Any], retain: bool = False, keep: bool = False) -> int:
         """Queue a message for ``{prefix}/{site}/{device}/{kind}`` in the outbox; return its ``seq``.
 
         ``site`` and ``device`` are added, and ``timestamp`` (Unix time) unless the payload has one.
@@ -215,9 +204,13 @@ class Publisher:
                 f"invalid topic kind {kind!r}: use letters, digits, _ . - and / between levels"
             )
         body = {"timestamp": time.time(), **payload, "site": self.site, "device": self.device}
-        seq = self.outbox.put(self.topic(kind), body, qos=1, retain=retain)
-        self._events.put(("wake", 0))
+        seq = self.outbox.put(self.topic(kind), body, qos=1, retain=retain, keep=keep)
+        self.wake()
         return seq
+
+    def wake(self) -> None:
+        """Tell the drain thread that the outbox has new messages."""
+        self._events.put(("wake", 0))
 
     def _status(self, state: str, reason: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"uptime_s": round(time.monotonic() - self._started, 3)}
@@ -231,8 +224,16 @@ class Publisher:
             body["reason"] = reason
         return body
 
+    def request_status(self) -> None:
+        """Ask the drain thread to publish the status now (e.g. the source went down)."""
+        self._status_now.set()
+        self.wake()
+
     def publish_status(self) -> None:
-        """Publish the retained ``online`` status now (also done on connect and every ``status_period_s``)."""
+        """Publish the retained ``online`` status: on connect, every ``status_period_s`` and on request.
+
+        The drain thread is the only caller besides ``_on_connect``, so status has one publisher.
+        """
         if self._connected:
             self._client.publish(self.topic("status"), _dumps(self._status("online")), qos=1, retain=True)
 
@@ -246,7 +247,8 @@ class Publisher:
             try:
                 self._handle_events(inflight, state)
                 self._submit(inflight, state)
-                if state["up"] and time.monotonic() >= next_status:
+                if state["up"] and (time.monotonic() >= next_status or self._status_now.is_set()):
+                    self._status_now.clear()
                     self.publish_status()
                     next_status = time.monotonic() + self.cfg.status_period_s
             except Exception:
@@ -317,6 +319,18 @@ class Publisher:
         client.subscribe(self.topic("cmd/+"), qos=1)
         self._events.put(("up", 0))
 
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # Paho calls this inside its ``except OSError`` block: the exception in flight is the cause
+        # (refused, unreachable, DNS, TLS handshake), which paho itself only logs at debug level.
+        cause = sys.exc_info()[1]
+        log.warning(
+            "MQTT connect to %s:%d failed: %s; retrying (at most every %g s)",
+            self.cfg.host,
+            self.cfg.port,
+            cause or "unknown cause",
+            self.cfg.reconnect_max_s,
+        )
+
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         was = self._connected
         self._connected = False
@@ -367,7 +381,7 @@ class Publisher:
 
     # --- shutdown ------------------------------------------------------------------------------------
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, reason: str = "shutdown") -> None:
         """Flush what the broker acknowledges within ``timeout``, publish retained ``offline``, disconnect.
 
         Messages not acknowledged stay in the outbox for the next start.
@@ -380,7 +394,7 @@ class Publisher:
             self._thread.join(max(0.5, deadline - time.monotonic()))
         if self._connected:
             info = self._client.publish(
-                self.topic("status"), _dumps(self._status("offline", "shutdown")), qos=1, retain=True
+                self.topic("status"), _dumps(self._status("offline", reason)), qos=1, retain=True
             )
             try:
                 info.wait_for_publish(max(0.5, deadline - time.monotonic()))
@@ -389,6 +403,11 @@ class Publisher:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected = False
+
+
+def _not_while_connecting(record: logging.LogRecord) -> bool:
+    """Drop paho's ERROR for every loop turn without a connection: ``_on_connect_fail`` says it once."""
+    return not record.getMessage().startswith("Client is not connected")
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:

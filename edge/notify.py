@@ -1,8 +1,14 @@
-"""systemd integration: readiness, watchdog and status through sd_notify (systemd-python).
+"""systemd integration: readiness, watchdog and status through sd_notify (the raw datagram protocol).
 
 Under systemd (``Type=notify``) ``$NOTIFY_SOCKET`` names a unix datagram socket; outside it the
-calls are no-ops. The watchdog is fed only while frames flow: a daemon whose camera is stuck is
-restarted by systemd, one that is merely slow is not.
+calls are no-ops. Messages are sent without blocking: a notify socket nobody reads (a full receive
+buffer) drops the message instead of stalling the frame loop.
+
+The watchdog is fed by the *loop's progress*, not by frames: the loop turns at least once a second
+with or without frames, so a camera that is down is reported (status, metric, alert) instead of
+getting the daemon killed and restarted in a loop, while a hung inference or a stuck loop stops the
+pings and systemd restarts the service. A detector that fails on every frame makes the daemon exit
+non-zero on its own (see ``backend.max_failure_s``).
 """
 
 from __future__ import annotations
@@ -17,26 +23,11 @@ log = logging.getLogger(__name__)
 __all__ = ["Notifier"]
 
 
-def _send_raw(message: str) -> bool:
-    """sd_notify without libsystemd (e.g. a Jetson image without python3-systemd)."""
+def _address() -> str | None:
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
-        return False
-    if address.startswith("@"):  # abstract namespace
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.sendto(message.encode(), address)
-    return True
-
-
-try:
-    from systemd import daemon as _sd
-
-    def _send(message: str) -> bool:
-        return bool(_sd.notify(message))
-
-except ImportError:  # pragma: no cover - exercised on machines without systemd-python
-    _send = _send_raw
+        return None
+    return "\0" + address[1:] if address.startswith("@") else address  # "@": abstract namespace
 
 
 class Notifier:
@@ -51,12 +42,20 @@ class Notifier:
         # Ping at half the interval, as sd_watchdog_enabled(3) recommends.
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and mine else None
         self._last_ping = 0.0
+        self._sock: socket.socket | None = None
+        self.dropped = 0
 
     def _notify(self, message: str) -> None:
-        if not self.enabled:
+        address = _address() if self.enabled else None
+        if address is None:
             return
         try:
-            _send(message)
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.setblocking(False)
+            self._sock.sendto(message.encode(), address)
+        except BlockingIOError:
+            self.dropped += 1  # nobody reads the socket: drop rather than stall the frame loop
         except OSError as exc:  # systemd gone (shutdown) must not kill the pipeline
             log.debug("sd_notify failed: %s", exc)
 
@@ -68,8 +67,8 @@ class Notifier:
         """A one-line status shown by ``systemctl status``."""
         self._notify(f"STATUS={text}")
 
-    def frame_flowed(self, now: float | None = None) -> None:
-        """Call after each processed frame; pings the watchdog at most twice per interval."""
+    def alive(self, now: float | None = None) -> None:
+        """Call on every turn of the loop; pings the watchdog at most twice per interval."""
         if self.watchdog_interval is None:
             return
         now = time.monotonic() if now is None else now
@@ -84,3 +83,9 @@ class Notifier:
     def stopping(self) -> None:
         """A clean shutdown started."""
         self._notify("STOPPING=1")
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -51,3 +51,15 @@ class Pipeline:
         timings["tracking"] = (t1 - t0) * 1000
         timings["counting"] = (t2 - t1) * 1000
         return FrameResult(tracked, crossings, timings)
+
+    def reconfigured(self, cfg: EdgeConfig, names: tuple[str, ...], detector: Detector) -> Pipeline:
+        """A pipeline for ``cfg`` that keeps this one's tracker and counter where they are unchanged.
+
+        Keeping them means a product on the line during a reload is neither lost nor counted twice.
+        """
+        new = Pipeline(cfg, detector, names)
+        if detector is self.detector and names == self.names and cfg.tracking == self.cfg.tracking:
+            new.tracker = self.tracker
+            if cfg.counting == self.cfg.counting:
+                new.counter = self.counter
+        return new

@@ -50,6 +50,7 @@ __all__ = [
     "backoff_delays",
     "csi_pipeline",
     "open_source",
+    "recording_identity",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 
 
 def open_source(
-    cfg: SourceConfig, open_capture: CaptureOpener | None = None, base_dir: str | Path | None = None
+    cfg: SourceConfig,
+    open_capture: CaptureOpener | None = None,
+    base_dir: str | Path | None = None,
+    start: int = 0,
 ) -> Source:
     """Open the source a config describes.
 
@@ -66,18 +70,41 @@ def open_source(
         cfg: the ``source`` section.
         open_capture: replaces the OpenCV opener (tests: a fake camera); ignored for ``images``.
         base_dir: directory relative paths are resolved against (the config file's).
+        start: files and folders: the first frame to deliver (a resumed recording); frame indexes
+            keep counting from the file's start.
 
     Raises:
         SourceError: a file or folder cannot be opened (live sources never raise: they keep retrying).
     """
     if cfg.type == "file":
-        return ReadAhead(FileSource(_resolve(cfg.path, base_dir), loop=cfg.loop, open_capture=open_capture))
+        path = _resolve(cfg.path, base_dir)
+        return ReadAhead(FileSource(path, loop=cfg.loop, open_capture=open_capture, start=start))
     if cfg.type == "images":
-        return ReadAhead(ImageFolderSource(_resolve(cfg.path, base_dir), fps=cfg.fps, loop=cfg.loop))
+        folder = _resolve(cfg.path, base_dir)
+        return ReadAhead(ImageFolderSource(folder, fps=cfg.fps, loop=cfg.loop, start=start))
     name = {"usb": f"usb:{cfg.device}", "rtsp": f"rtsp:{redact(cfg.url or '')}", "csi": f"csi:{cfg.device}"}[
         cfg.type
     ]
     return LiveSource(name, open_capture or live_opener(cfg), cfg)
+
+
+def recording_identity(cfg: SourceConfig, base_dir: str | Path | None = None) -> str | None:
+    """What identifies a recording (path, size, modification time), so a restart resumes it.
+
+    ``None`` for live sources and looping files: those are counted as they come, never resumed.
+    """
+    if cfg.loop or cfg.type not in ("file", "images"):
+        return None
+    path = _resolve(cfg.path, base_dir).resolve()
+    try:
+        if cfg.type == "file":
+            st = path.stat()
+            return f"file:{path}:{st.st_size}:{st.st_mtime_ns}"
+        files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        newest = max((p.stat().st_mtime_ns for p in files), default=0)
+        return f"images:{path}:{len(files)}:{newest}"
+    except OSError:
+        return None  # opening the source reports the problem in one line
 
 
 def _resolve(p: str | None, base_dir: str | Path | None) -> Path:
@@ -95,7 +122,9 @@ class FileSource(Source):
         SourceError: the file does not exist or OpenCV cannot open it.
     """
 
-    def __init__(self, path: Path, loop: bool = False, open_capture: CaptureOpener | None = None) -> None:
+    def __init__(
+        self, path: Path, loop: bool = False, open_capture: CaptureOpener | None = None, start: int = 0
+    ) -> None:
         self.path = path
         self.loop = loop
         self._open = open_capture or (lambda: cv2.VideoCapture(str(path)))
@@ -107,6 +136,13 @@ class FileSource(Source):
         self.fps = fps_of(self._cap, DEFAULT_FPS)
         self._index = 0
         self._pass_frames = 0
+        while self._index < start:  # grab without decoding: seeking is not frame-exact for every codec
+            grab = getattr(self._cap, "grab", None)
+            ok = grab() if grab is not None else self._cap.read()[0]
+            if not ok:
+                break
+            self._index += 1
+            self._pass_frames += 1
 
     def read(self, timeout: float | None = None) -> Frame | None:
         """The next frame, or ``None`` at the end of the file (``timeout`` is not used: reads are direct)."""
@@ -141,7 +177,7 @@ class ImageFolderSource(Source):
         SourceError: the folder does not exist or holds no images.
     """
 
-    def __init__(self, folder: Path, fps: float = DEFAULT_FPS, loop: bool = False) -> None:
+    def __init__(self, folder: Path, fps: float = DEFAULT_FPS, loop: bool = False, start: int = 0) -> None:
         if not folder.is_dir():
             raise SourceError(f"{folder}: image folder not found")
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -149,7 +185,7 @@ class ImageFolderSource(Source):
             raise SourceError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
         self.fps = fps
         self.loop = loop
-        self._index = 0
+        self._index = start
 
     def read(self, timeout: float | None = None) -> Frame | None:
         """The next image; unreadable files are skipped with a warning (``timeout`` is not used)."""

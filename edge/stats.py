@@ -9,14 +9,28 @@ detections; long ones (> 3 s) are products that stayed in view.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from edge.errors import ConfigError
 from edge.mot import TrackRow, read_tracks
 
-__all__ = ["TrackStats", "TrackSummary", "format_stats", "load_track_stats", "track_stats"]
+__all__ = [
+    "DEFAULT_FPS",
+    "TrackStats",
+    "TrackSummary",
+    "format_stats",
+    "load_track_stats",
+    "run_metadata",
+    "stats_inputs",
+    "track_stats",
+]
+
+DEFAULT_FPS = 30.0  # only when neither the command line nor the run's metadata gives a frame rate
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,63 @@ def load_track_stats(path: str | os.PathLike[str], fps: float) -> TrackStats:
         MotFormatError: when the file is unreadable or malformed.
     """
     return track_stats(read_tracks(path), fps)
+
+
+def run_metadata(tracks: str | os.PathLike[str]) -> tuple[Path, dict[str, object]] | None:
+    """The run's metadata beside a tracks file: ``X/tracks.json`` for ``X/tracks.txt``.
+
+    The daemon writes it with ``output.tracks``: ``{"fps": float, "names": [...], "source": str}``.
+
+    Returns:
+        ``(path, metadata)``, or ``None`` when there is no such file.
+
+    Raises:
+        ConfigError: the file exists but is not a JSON object (named, with its line).
+    """
+    path = Path(tracks).with_suffix(".json")
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object with fps and names")
+    return path, data
+
+
+def stats_inputs(
+    tracks: str | os.PathLike[str], fps: float | None, names: Sequence[str] | None
+) -> tuple[float, tuple[str, ...], str]:
+    """The frame rate and class names to use, and a line saying where each came from.
+
+    The command line wins over the run's metadata (:func:`run_metadata`); without either the frame
+    rate is :data:`DEFAULT_FPS` and classes show as ids.
+
+    Raises:
+        ConfigError: the metadata file is unreadable or its fps/names are malformed.
+    """
+    found = run_metadata(tracks)
+    meta_path, meta = found if found else (None, {})
+    fps_from, names_from = "--fps", "--names"
+    if fps is None:
+        raw = meta.get("fps")
+        if raw is not None:
+            if not isinstance(raw, (int, float)) or isinstance(raw, bool) or raw <= 0:
+                raise ConfigError(f"{meta_path}: fps: expected a positive number, got {raw!r}")
+            fps, fps_from = float(raw), str(meta_path)
+        else:
+            fps, fps_from = DEFAULT_FPS, "default, no run metadata" if meta_path is None else "default"
+    if names is None:
+        raw_names = meta.get("names")
+        if raw_names is not None:
+            if not isinstance(raw_names, list):
+                raise ConfigError(f"{meta_path}: names: expected a list of class names")
+            names, names_from = tuple(str(n) for n in raw_names), str(meta_path)
+        else:
+            names, names_from = (), "none: class ids shown"
+    note = f"fps: {fps:g} ({fps_from}); class names: {names_from}"
+    return fps, tuple(names), note
 
 
 def _class_name(class_id: int | None, names: Sequence[str]) -> str:

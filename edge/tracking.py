@@ -11,8 +11,8 @@ Design choices (each one is tested in ``tests/test_tracking.py``):
 * **No hard class gating.** Norfair can refuse to match detections whose ``label`` differs, but a
   detector that flickers between two classes for one frame would then split the track in two and the
   counter could count the product twice. Instead each track's class is the majority vote over its last
-  ``class_vote_window`` matched detections (ties keep the earlier winner), so one odd frame changes
-  nothing.
+  ``class_vote_window`` matched detections, each weighing its confidence (``class_vote_confidence``;
+  ties keep the earlier winner), so one odd frame changes nothing and an unsure detection counts less.
 * **Lean Norfair objects.** Stock Norfair spends ~50 µs per matched object in ``TrackedObject.hit``
   (building sensor masks for keypoints that may be missing). Boxes always have both corners, so
   :class:`_LeanTrackedObject` does the same update without the masks, and :class:`_LeanKalmanFilter`
@@ -174,30 +174,33 @@ class _LeanObjectFactory(_TrackedObjectFactory):
 
 
 class _ClassVote:
-    """Majority class over a sliding window, updated in O(1); ties keep the current winner."""
+    """Weighted majority class over a sliding window, updated in O(1); ties keep the current winner.
+
+    Weights are integers (confidence in percent, or 1 each), so sums never drift as the window slides.
+    """
 
     __slots__ = ("counts", "vote", "window")
 
     def __init__(self, size: int) -> None:
-        self.window: deque[int] = deque(maxlen=size)
+        self.window: deque[tuple[int, int]] = deque(maxlen=size)
         self.counts: dict[int, int] = {}
         self.vote = -1
 
-    def add(self, class_id: int) -> int:
-        """Record one matched detection's class; return the current majority."""
+    def add(self, class_id: int, weight: int = 1) -> int:
+        """Record one matched detection's class with ``weight``; return the current winner."""
         counts, window = self.counts, self.window
         dropped = window[0] if len(window) == window.maxlen else None
-        window.append(class_id)
+        window.append((class_id, weight))
         if dropped is not None:
-            counts[dropped] -= 1
-            if not counts[dropped]:
-                del counts[dropped]
-        counts[class_id] = counts.get(class_id, 0) + 1
+            counts[dropped[0]] -= dropped[1]
+            if counts[dropped[0]] <= 0:
+                del counts[dropped[0]]
+        counts[class_id] = counts.get(class_id, 0) + weight
         if self.vote not in counts:
             self.vote = max(counts, key=lambda c: (counts[c], -self._first_index(c)))
         elif counts[class_id] > counts[self.vote]:
             self.vote = class_id
-        elif dropped == self.vote:
+        elif dropped is not None and dropped[0] == self.vote:
             best = max(counts.values())
             if counts[self.vote] < best:
                 self.vote = max(counts, key=lambda c: (counts[c], -self._first_index(c)))
@@ -205,7 +208,7 @@ class _ClassVote:
 
     def _first_index(self, class_id: int) -> int:
         """Index of ``class_id``'s first appearance in the window (earlier wins ties)."""
-        for i, c in enumerate(self.window):
+        for i, (c, _) in enumerate(self.window):
             if c == class_id:
                 return i
         return len(self.window)
@@ -272,7 +275,8 @@ class ProductTracker:
             vote = self._votes.get(key)
             if vote is None:
                 vote = self._votes[key] = _ClassVote(self.cfg.class_vote_window)
-            cls = vote.add(int(dets.class_id[match.row]))
+            weight = round(100 * float(dets.confidence[match.row])) if self.cfg.class_vote_confidence else 1
+            cls = vote.add(int(dets.class_id[match.row]), max(weight, 1))
             if obj.id is not None and not obj.is_initializing:
                 rows.append(match.row)
                 ids.append(obj.id)

@@ -11,7 +11,7 @@ from edge.counting import Crossing, Direction
 from edge.detections import Detections
 from edge.errors import CommandError, ConfigError
 from edge.geometry import point_in_polygon
-from edge.store import CountStore
+from edge.state import FrameCommit, StateStore
 
 NAMES = ["milk", "bread", "eggs"]
 
@@ -26,7 +26,7 @@ DEPLETION = AlertsConfig(
 
 
 def test_depletion_raises_once_at_threshold(tmp_path):
-    eng = AlertEngine(DEPLETION, NAMES, CountStore(tmp_path / "s.db"))
+    eng = AlertEngine(DEPLETION, NAMES)
     assert eng.on_crossings([sale(t=1), sale(t=2)]) == []
     assert eng.depletion_estimate("milk") == 3
     (alert,) = eng.on_crossings([sale(t=3)])
@@ -65,20 +65,40 @@ def test_depletion_without_line_counts_every_line():
     assert alert.value == 0 and alert.to_payload()["estimate"] == 0
 
 
+def persist(eng: AlertEngine, path) -> None:
+    """Commit the engine's changes as the daemon does (with the frame, in the state database)."""
+    with StateStore(path) as state:
+        state.commit(FrameCommit(alert_state=eng.take_changes()))
+
+
+def reopen(cfg: AlertsConfig, path) -> AlertEngine:
+    with StateStore(path) as state:
+        return AlertEngine(cfg, NAMES, state.alert_state())
+
+
 def test_restocked_clears_and_state_survives_restart(tmp_path):
     path = tmp_path / "s.db"
-    eng = AlertEngine(DEPLETION, NAMES, CountStore(path))
+    eng = AlertEngine(DEPLETION, NAMES)
     eng.on_crossings([sale(t=i) for i in range(3)])
     assert eng.active() == [("depletion", "milk")]
+    persist(eng, path)
+    assert eng.take_changes() == {}  # handed out once
     # restart: the raised alert is remembered and not raised again
-    eng = AlertEngine(DEPLETION, NAMES, CountStore(path))
+    eng = reopen(DEPLETION, path)
     assert eng.active() == [("depletion", "milk")] and eng.depletion_estimate("milk") == 2
     assert eng.on_crossings([sale(t=9)]) == []
     (cleared,) = eng.restocked("milk", t=10.0)
     assert (cleared.state, cleared.value, cleared.timestamp) == ("cleared", 5, 10.0)
     assert eng.restocked("milk") == []  # already clear
-    eng = AlertEngine(DEPLETION, NAMES, CountStore(path))
+    persist(eng, path)
+    eng = reopen(DEPLETION, path)
     assert eng.active() == [] and eng.depletion_estimate("milk") == 5
+
+
+def test_alert_timestamp_is_the_callers_clock_when_given():
+    eng = AlertEngine(DEPLETION, NAMES)
+    (alert,) = eng.on_crossings([sale(t=1.5)] * 3, timestamp=1_700_000_000.0)
+    assert alert.timestamp == 1_700_000_000.0
 
 
 def test_restocked_with_low_stock_stays_raised_and_explicit_stock():
@@ -163,10 +183,11 @@ def test_occupancy_counts_bottom_centre_anchor_and_class():
 def test_occupancy_hold_zero_is_immediate_and_raised_state_persists(tmp_path):
     cfg = AlertsConfig(occupancy=[{"product": "bread", "zone": ZONE, "min_count": 1, "hold_s": 0}])
     path = tmp_path / "s.db"
-    eng = AlertEngine(cfg, NAMES, CountStore(path))
+    eng = AlertEngine(cfg, NAMES)
     (a,) = eng.on_frame(frame(0), 0.0)
     assert a.state == "raised" and a.to_payload()["count"] == 0
-    eng = AlertEngine(cfg, NAMES, CountStore(path))
+    persist(eng, path)
+    eng = reopen(cfg, path)
     assert eng.active() == [("occupancy", "bread")]
     assert eng.on_frame(frame(0), 1.0) == []  # not raised twice after the restart
     (c,) = eng.on_frame(frame(1), 2.0)

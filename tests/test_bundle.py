@@ -28,6 +28,7 @@ from edge.bundle import (
     read_bundle,
     select_variant,
 )
+from edge.model import file_sha256
 from export.bundle import SigningError, bundle_models, generate_keys, write_bundle
 
 NAMES = ["apple", "orange"]
@@ -386,20 +387,54 @@ def test_a_bundle_chooses_int8_when_the_backend_asks(
         f"backend: {{precision: int8}}\nstate_dir: {tmp_path / 's'}\n"
     )
     cfg = parse_config(text)
-
     assert cfg.model is not None
     info = load_model_info(cfg.model)
-    assert (
-        info.path
-        == tmp_path
-        / "s"
-        / "models"
-        / f"m-1.0-{info.path.parent.parent.name.split('-')[-1]}"
-        / "files"
-        / "m.int8.onnx"
-    )
+    extracted = info.path.parent.parent
+    assert extracted.parent == tmp_path / "s" / "models" and extracted.name.startswith("m--1.0-")
+    assert info.path == extracted / "files" / "m.int8.onnx" and info.sha256 == file_sha256(info.path)
+    # Loaded again (a reload): the intact extraction is re-used, not rewritten.
+    stamp = info.path.stat().st_mtime_ns
+    assert load_model_info(cfg.model) == info and info.path.stat().st_mtime_ns == stamp
+    # A damaged extraction is replaced from the (verified) bundle.
+    info.path.write_bytes(b"damaged")
+    assert load_model_info(cfg.model).path.read_bytes().startswith(b"int8 model bytes")
     assert info.variant is not None and info.variant.startswith("onnx int8")
     tensorrt = parse_config(text.replace("precision: int8", "type: tensorrt"))
     assert tensorrt.model is not None
     with pytest.raises(BundleError, match=r"backend\.type tensorrt needs an engine for this GPU"):
         load_model_info(tensorrt.model)
+
+
+def test_a_new_bundle_version_replaces_the_old_extraction(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    from edge.config import parse_config
+    from edge.model import load_model_info
+
+    infos = []
+    for version in ("1.0", "1.1"):
+        (tmp_path / "m.onnx").write_bytes(f"model {version}".encode())
+        files = {"m.onnx": (tmp_path / "m.onnx").read_bytes()}
+        manifest = _manifest(files, [{"file": "m.onnx", "kind": "onnx", "precision": "fp32"}]) | {
+            "version": version
+        }
+        write_bundle(tmp_path / "m.lcb", manifest, [tmp_path / "m.onnx"], keys[0])
+        cfg = parse_config(
+            f"model: {{path: {tmp_path / 'm.lcb'}, public_key: {keys[1]}}}\nstate_dir: {tmp_path / 's'}\n"
+        )
+        assert cfg.model is not None
+        infos.append(load_model_info(cfg.model))
+    assert [i.version for i in infos] == ["1.0", "1.1"] and infos[1].path.read_bytes() == b"model 1.1"
+    assert [p.name for p in (tmp_path / "s" / "models").iterdir()] == [infos[1].path.parent.parent.name]
+
+
+def test_an_engine_only_bundle_is_refused_by_onnx_runtime_with_the_bundle_named(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    from edge.config import ModelConfig
+    from edge.model import load_model_info
+
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"plan")
+    variant = {"file": "e.engine", "kind": "engine", "precision": "fp16", "compute_capability": "8.7"}
+    write_bundle(tmp_path / "e.lcb", _manifest({"e.engine": b"plan"}, [variant]), [engine], keys[0])
+    with pytest.raises(BundleError, match=r"e\.lcb: the bundle holds only TensorRT engines"):
+        load_model_info(ModelConfig(path=str(tmp_path / "e.lcb"), public_key=str(keys[1])))

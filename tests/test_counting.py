@@ -108,6 +108,12 @@ CASES = [
         id="id-switch-at-line",
     ),
     pytest.param(
+        {},
+        [*path(1, range(100, 319, 7)), *gap(2), *path(2, range(324, 401, 7))],
+        [(2, "in")],
+        id="id-switch-at-line-of-a-track-born-far-away",
+    ),
+    pytest.param(
         {"handoff_frames": 0},
         [*path(1, range(255, 319, 7)), *gap(2), *path(2, range(324, 401, 7))],
         [],
@@ -206,6 +212,19 @@ SEGMENT_CASES = [
         [(1, "in")],
         id="huge-coordinates",
     ),
+    # The step from one anchor to the next is what crosses (or misses) the segment, not the new anchor.
+    pytest.param(
+        ((320, 480), (320, 200)),
+        [[(1, 290, 235)], [(1, 310, 215)], [(1, 330, 195)], [(1, 350, 175)]],
+        [(1, "in")],
+        id="step-crosses-segment-lands-past-its-end",
+    ),
+    pytest.param(
+        ((320, 480), (320, 200)),
+        [[(1, 290, 165)], [(1, 310, 185)], [(1, 330, 205)], [(1, 350, 225)]],
+        [],
+        id="step-beside-segment-lands-inside",
+    ),
 ]
 
 
@@ -213,6 +232,14 @@ SEGMENT_CASES = [
 def test_line_geometry_table(line: Any, frames: list[list[Row]], expected: list[tuple[int, str]]) -> None:
     events = run(frames, counter_for(line))
     assert [(e.track_id, e.direction) for e in events] == expected
+
+
+def test_a_track_seen_this_frame_never_donates_its_side() -> None:
+    """A visible track is not lost: a new track of another class born beside it inherits nothing."""
+    donor = path(1, range(290, 361, 10), y=240, cls=0)  # near the line on the left, then crosses
+    newcomer = [[], [], *path(2, range(330, 391, 10), y=260, cls=1)]  # born on the right, beside track 1
+    events = run(together(donor, newcomer), counter_for())
+    assert [(e.track_id, e.direction) for e in events] == [(1, "in")]
 
 
 def test_crossing_fields_and_totals() -> None:

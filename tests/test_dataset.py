@@ -150,7 +150,7 @@ def test_roboflow_yaml_from_another_machine_is_repaired(tmp_path: Path) -> None:
     dry = dataset.check(tmp_path, fix=False, plots=False)
     assert data_yaml.read_text() == original
     assert any(e.startswith("data.yaml:1: path: '/home/someone/datasets/groceries'") for e in dry.errors)
-    assert "data.yaml:3: val: '../valid/images' → valid/images (not repaired)" in dry.errors
+    assert "data.yaml:3: val: '../valid/images' → valid/images (not repaired: --no-fix)" in dry.errors
 
     report = dataset.check(tmp_path, plots=False)
     assert report.errors == []
@@ -271,6 +271,8 @@ def test_merge_remaps_classes_by_name_and_avoids_collisions(tmp_path: Path) -> N
         {"train/x": "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n", "val/y": "2 0.5 0.5 0.1 0.1\n"},
         names={0: "banana", 1: "Apple", 2: "orange"},
     )
+    make_image(b.parent / "images" / "train" / "x.jpg", value=90)  # another photo under the same name
+    make_image(b.parent / "images" / "val" / "y.jpg", value=60)
     result = dataset.merge([a, b], tmp_path / "merged")
     assert result.names == ["apple", "orange", "banana"]
     assert result.mapping == {"shop": {0: 0, 1: 1}, "shop_2": {0: 2, 1: 0, 2: 1}}

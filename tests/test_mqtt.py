@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -16,7 +18,8 @@ from edge.commands import ReloadCommand, ResetCommand, RestockedCommand, parse_c
 from edge.config import MqttConfig
 from edge.counting import Crossing
 from edge.errors import CommandError, PublishError
-from edge.mqtt import Publisher, crossing_message, resolve_password
+from edge.messages import Clock, crossing_message
+from edge.mqtt import Publisher, resolve_password
 from edge.outbox import Outbox
 
 NAMES = ["milk", "bread"]
@@ -94,12 +97,14 @@ def test_parse_invalid_commands_one_line(name, payload, message):
 
 def test_result_and_crossing_payloads_match_schemas():
     res = result_payload("reset", True, "reset 3 counters", "abc", timestamp=5.0)
-    validate("command_result", {**res, "seq": 1, "site": "s", "device": "d"})
-    msg = crossing_message(Crossing("exit", 4, 1, "in", 17, 3.5), NAMES)
+    envelope = {"seq": 1, "epoch": "e1", "site": "s", "device": "d"}
+    validate("command_result", {**res, **envelope})
+    msg = dict(crossing_message(Crossing("exit", 4, 1, "in", 17, 3.5), NAMES, Clock(1e9, 3.5)).payload)
     assert msg["class_name"] == "bread" and msg["frame"] == 17
-    validate("crossing", {**msg, "seq": 2, "site": "s", "device": "d"})
+    assert (msg["timestamp"], msg["media_time_s"]) == (1e9, 3.5)
+    validate("crossing", {**msg, **envelope})
     with pytest.raises(Exception, match="'sideways' is not one of"):
-        validate("crossing", {**msg, "direction": "sideways", "seq": 2, "site": "s", "device": "d"})
+        validate("crossing", {**msg, "direction": "sideways", **envelope})
 
 
 def test_password_file_is_relative_to_credentials_directory(tmp_path):
@@ -131,7 +136,7 @@ def make_publisher(broker, tmp_path, max_command_bytes=4096, **kw) -> Publisher:
         status_period_s=60,
         max_command_bytes=max_command_bytes,
     )
-    box = kw.pop("outbox", None) or Outbox(tmp_path / "outbox.db", 10_000)
+    box = kw.pop("outbox", None) or Outbox(tmp_path / "outbox.db", 10_000, epoch="e1")
     kw.setdefault("reconnect_delay", (0.1, 0.5))
     return Publisher(cfg, "s1", "lane2", box, **kw)
 
@@ -182,7 +187,8 @@ def test_qos1_messages_arrive_in_order_and_leave_the_outbox(mosquitto, tmp_path)
     pub = make_publisher(mosquitto, tmp_path, max_inflight=3)
     seqs = [
         pub.publish(
-            "events/crossing", crossing_message(Crossing("exit", i, i % 2, "in", i, 100.0 + i), NAMES)
+            "events/crossing",
+            crossing_message(Crossing("exit", i, i % 2, "in", i, 100.0 + i), NAMES, Clock(100.0 + i)).payload,
         )
         for i in range(40)
     ]
@@ -258,7 +264,7 @@ CRASHING_PUBLISHER = textwrap.dedent(
 
     port, db = int(sys.argv[1]), sys.argv[2]
     cfg = MqttConfig(host="127.0.0.1", port=port, keepalive_s=5)
-    pub = Publisher(cfg, "s1", "lane2", Outbox(db, 10_000), max_inflight=2)
+    pub = Publisher(cfg, "s1", "lane2", Outbox(db, 10_000, epoch="e1"), max_inflight=2)
     for i in range(300):
         pub.publish("counts", {"i": i, "timestamp": 1000.0 + i})
     pub.start()
@@ -366,3 +372,42 @@ def test_command_round_trip_and_bad_commands_get_error_replies(mosquitto, tmp_pa
     assert "empty payload" in sub.on("/cmd/result")[-1].json()["message"] and len(calls) == 4
     pub.stop()
     sub.close()
+
+
+def test_a_failed_connect_is_logged_with_host_port_and_cause(tmp_path, caplog):
+    from broker import free_port
+
+    port = free_port()  # nothing listens there
+    pub = Publisher(MqttConfig(port=port, reconnect_max_s=2), "s", "d", Outbox(tmp_path / "o.db", 10))
+    with caplog.at_level(logging.WARNING, logger="edge.mqtt"):
+        pub.start()
+        assert wait_until(lambda: "failed" in caplog.text, timeout=10)
+        pub.stop(timeout=1)
+    assert f"MQTT connect to 127.0.0.1:{port} failed: [Errno 111] Connection refused" in caplog.text
+    assert pub._client._reconnect_max_delay == 2  # the cap from mqtt.reconnect_max_s, not paho's 120 s
+
+
+def test_a_command_waits_for_a_busy_frame_loop_and_runs_once():
+    # On Python 3.10 Future.result's timeout is concurrent.futures.TimeoutError, not the builtin one:
+    # catching the builtin answered "not executed" after 0.2 s and then ran the command anyway.
+    from edge.commands import CommandBridge, ResetCommand
+
+    bridge = CommandBridge(wait_s=5)
+    ran: list[object] = []
+    timer = threading.Timer(0.7, lambda: bridge.run_pending(lambda c: ran.append(c) or "done"))
+    timer.start()
+    assert bridge.submit(ResetCommand(id="a")) == "done"
+    timer.join()
+    assert len(ran) == 1
+
+
+def test_a_command_the_loop_never_picks_up_is_refused_and_never_runs():
+    from edge.commands import CommandBridge, ResetCommand
+    from edge.errors import CommandError
+
+    bridge = CommandBridge(wait_s=0.3)
+    with pytest.raises(CommandError, match="the frame loop is busy; not executed"):
+        bridge.submit(ResetCommand(id="b"))
+    ran: list[object] = []
+    bridge.run_pending(lambda c: ran.append(c) or "done")
+    assert ran == []

@@ -150,3 +150,16 @@ def test_cli_synth_of_20_images_is_fast(tmp_path: Path) -> None:
     labelled = sum(len(p.read_text().splitlines()) for p in (tmp_path / "labels").rglob("*.txt"))
     assert labelled == sum(meta["instances"].values())
     assert elapsed < 30, f"20 images took {elapsed:.1f} s"
+
+
+def test_scene_picks_the_background_and_keeps_the_products(tmp_path: Path) -> None:
+    shelf = synth.write_dataset(tmp_path / "shelf", 6, seed=4, scene="shelf").parent
+    belt = synth.write_dataset(tmp_path / "belt", 6, seed=4, scene="conveyor").parent
+    a, b = _by_index(shelf), _by_index(belt)
+    assert all(a[i][1] == b[i][1] for i in a)  # the same products in the same places...
+    assert all(a[i][0] != b[i][0] for i in a)  # ...on another background
+    assert json.loads((shelf / "synth.json").read_text())["scene"] == "shelf"
+    res = CliRunner().invoke(
+        app, ["synth", "--out", str(tmp_path / "x"), "--images", "1", "--scene", "beach"]
+    )
+    assert res.exit_code == 2 and "expected conveyor, shelf, clutter or mixed" in res.output

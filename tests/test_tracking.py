@@ -83,7 +83,7 @@ def test_output_boxes_are_the_matched_detections() -> None:
 
 
 def test_coasting_track_is_absent_then_returns_with_its_id() -> None:
-    tracker = ProductTracker(TrackingConfig())
+    tracker = ProductTracker(TrackingConfig(initialization_delay=2))
     frames = moving(30, [(0, 0)])
     ids = []
     for f, dets in enumerate(frames):
@@ -104,12 +104,23 @@ def test_coasting_track_is_absent_then_returns_with_its_id() -> None:
     ],
 )
 def test_class_is_the_majority_vote(classes: list[int], window: int, expected: list[int]) -> None:
-    tracker = ProductTracker(TrackingConfig(class_vote_window=window))
+    tracker = ProductTracker(TrackingConfig(class_vote_window=window, initialization_delay=2))
     got = []
     for f, (dets, cls) in enumerate(zip(moving(len(classes), [(0, 0)]), classes, strict=True)):
         out = tracker.update(boxes(dets.xyxy, [cls]), f)
         got += out.class_id.tolist()
     assert got == expected
+
+
+@pytest.mark.parametrize(("by_confidence", "expected"), [(True, 2), (False, 1)])
+def test_class_vote_weighs_confidence(by_confidence: bool, expected: int) -> None:
+    """A detector unsure of the wrong class outvoted by fewer, surer detections of the right one."""
+    tracker = ProductTracker(TrackingConfig(class_vote_confidence=by_confidence, initialization_delay=0))
+    classes, confidences = [1, 2, 1, 2, 1], [0.3, 0.9, 0.3, 0.9, 0.3]
+    for f, dets in enumerate(moving(5, [(0, 0)])):
+        d = Detections(dets.xyxy, np.array([confidences[f]]), np.array([classes[f]]))
+        out = tracker.update(d, f)
+    assert out.class_id.tolist() == [expected]
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 
 from train.labels import Box, LabelFile, label_path, read_labels
-from train.layout import SPLITS, Layout, load_layout, resolve, write_fixed
+from train.layout import SPLITS, TEMP_EXTRACTIONS, DatasetError, Layout, load_layout, resolve, write_fixed
 
-__all__ = ["CheckReport", "check"]
+__all__ = ["CheckReport", "check", "image_problem", "require_clean"]
 
 
 # --- check ---------------------------------------------------------------------------------------------
@@ -35,7 +35,7 @@ class CheckReport:
         split_class_counts: per split, per class name: instances.
         errors: ``file:line: problem`` lines (paths relative to the root).
         warnings: things worth a look that do not stop training.
-        fixes: repairs made to data.yaml (or proposed, with ``fix=False``).
+        fixes: repairs written to data.yaml.
         plots: ``class_distribution`` and ``samples`` PNG paths.
     """
 
@@ -48,6 +48,7 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     fixes: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
     plots: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -89,6 +90,38 @@ class CheckReport:
             out += ["", *(f"{k}: {v}" for k, v in self.plots.items())]
         return "\n".join(out)
 
+    def to_markdown(self, rel_to: Path | None = None, max_lines: int = 50) -> str:
+        """Markdown: counts per split and instances per class as tables, problems as lists, the plots.
+
+        Args:
+            rel_to: folder the Markdown file will live in; image links are relative to it.
+            max_lines: most problems listed per kind.
+        """
+        import os
+
+        out = [f"Dataset `{self.root}` (`{self.data_yaml.name}`, {len(self.names)} classes)", ""]
+        out += ["| split | images | labels | negatives | instances |", "|---|---:|---:|---:|---:|"]
+        for s in SPLITS:
+            c = self.counts.get(s, {})
+            out.append(f"| {s} | " + " | ".join(str(c.get(k, 0)) for k in _COUNT_KEYS) + " |")
+        total = sum(self.class_counts.values()) or 1
+        out += ["", "| class | instances | share | " + " | ".join(SPLITS) + " |"]
+        out.append("|---|---:|---:|" + "---:|" * len(SPLITS))
+        for n in self.names:
+            k = self.class_counts.get(n, 0)
+            per_split = " | ".join(str(self.split_class_counts.get(s, {}).get(n, 0)) for s in SPLITS)
+            out.append(f"| {n} | {k} | {100 * k / total:.1f}% | {per_split} |")
+        out += ["", self.distribution_summary() + "."]
+        for title, items in (("Repairs", self.fixes), ("Errors", self.errors), ("Warnings", self.warnings)):
+            if items:
+                out += ["", f"**{title} ({len(items)})**", ""] + [f"- `{x}`" for x in items[:max_lines]]
+                if len(items) > max_lines:
+                    out.append(f"- ... and {len(items) - max_lines} more")
+        for name, path in self.plots.items():
+            link = os.path.relpath(Path(path).resolve(), rel_to.resolve()) if rel_to else str(path)
+            out += ["", f"![{name}]({Path(link).as_posix()})"]
+        return "\n".join(out) + "\n"
+
     def distribution_summary(self) -> str:
         """Most and least frequent class and the average number of instances per class."""
         if not self.class_counts:
@@ -102,6 +135,9 @@ class CheckReport:
         )
 
 
+_COUNT_KEYS = ("images", "labels", "negatives", "instances")
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -109,7 +145,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [fmt.format(*r) for r in cells]
 
 
-def _image_ok(path: Path) -> str | None:
+def image_problem(path: Path) -> str | None:
+    """Why an image file cannot be used (empty, unreadable), or ``None`` when it opens."""
     if path.stat().st_size == 0:
         return "empty image file"
     try:
@@ -132,7 +169,7 @@ def _check_split(layout: Layout, split: str, report: CheckReport) -> dict[Path, 
     per_class: Counter[str] = Counter()
     labels: dict[Path, LabelFile] = {}
     for image in layout.images[split]:
-        problem = _image_ok(image)
+        problem = image_problem(image)
         if problem:
             report.errors.append(f"{layout.rel(image)}: {problem}")
         lbl = label_path(image)
@@ -183,23 +220,50 @@ def check(path: Path, out_dir: Path | None = None, fix: bool = True, plots: bool
     """
     root, data_yaml = resolve(path)
     layout = load_layout(data_yaml)
-    report = CheckReport(root, data_yaml, layout.names, fixes=list(layout.fixes))
+    report = CheckReport(root, data_yaml, layout.names)
     report.errors += layout.problems
     if layout.fixes and fix and not layout.problems:
         write_fixed(layout)
+        report.fixes = list(layout.fixes)
         report.warnings.append(f"{data_yaml.name} repaired (original kept as {data_yaml.name}.bak)")
     elif layout.fixes:
-        report.errors += [f"{f} (not repaired)" for f in layout.fixes]
+        why = "not repaired: --no-fix" if not fix else "not repaired while data.yaml has errors"
+        report.pending = [f"{f} ({why})" for f in layout.fixes]
+        report.errors += report.pending
     labels: dict[Path, LabelFile] = {}
     for split in SPLITS:
         labels.update(_check_split(layout, split, report))
     report.class_counts = {n: sum(report.split_class_counts[s][n] for s in SPLITS) for n in layout.names}
     report.warnings += _distribution_warnings(report)
     if plots:
-        out = Path(out_dir) if out_dir else root / "check"
+        zip_path = TEMP_EXTRACTIONS.get(root) or TEMP_EXTRACTIONS.get(root.parent)
+        default = zip_path.with_name(f"{zip_path.stem}-check") if zip_path else root / "check"
+        out = Path(out_dir) if out_dir else default  # never inside a temp extraction removed at exit
         out.mkdir(parents=True, exist_ok=True)
         report.plots["class_distribution"] = _plot_distribution(report, out / "class_distribution.png")
         report.plots["samples"] = _sample_grid(layout, labels, out / "samples.png")
+    return report
+
+
+def require_clean(path: Path, force: bool, action: str) -> CheckReport:
+    """Check a dataset before ``action`` (fit, split) uses it; refuse on errors unless ``force``.
+
+    Ultralytics silently skips bad images and labels, and a split copies them on; both hide the
+    problem from the person who could fix it. Path repairs that ``check`` would write are not errors
+    here: the tools make them in memory.
+
+    Raises:
+        DatasetError: the check found errors and ``force`` is off; names the first ones.
+    """
+    report = check(path, fix=False, plots=False)
+    errors = [e for e in report.errors if e not in report.pending]
+    if errors and not force:
+        shown = "; ".join(errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise DatasetError(
+            f"{report.data_yaml}: {len(errors)} dataset error(s): {shown}{more}. "
+            f"Fix them (lanecount-train check lists all) or {action} with --force"
+        )
     return report
 
 

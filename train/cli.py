@@ -61,11 +61,18 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; image i depends only on (seed, i).")] = 0,
     negatives: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of product-free images.")] = 0.08,
     jobs: Annotated[int, typer.Option(min=1, help="Rendering processes (output does not depend on it).")] = 1,
+    scene: Annotated[
+        str, typer.Option(help="Background: conveyor, shelf, clutter, or mixed (one at random per image).")
+    ] = "mixed",
 ) -> None:
     """Render a synthetic grocery dataset (images, YOLO labels, data.yaml)."""
-    from train.synth import write_dataset
+    from train.synth import BACKGROUNDS, write_dataset
 
-    data_yaml = write_dataset(out, images, seed, negatives=negatives, progress=True, jobs=jobs)
+    if scene not in (*BACKGROUNDS, "mixed"):
+        raise typer.BadParameter(
+            f"expected conveyor, shelf, clutter or mixed, got {scene!r}", param_hint="--scene"
+        )
+    data_yaml = write_dataset(out, images, seed, negatives=negatives, progress=True, jobs=jobs, scene=scene)
     meta = json.loads((out / "synth.json").read_text())
     typer.echo(f"data.yaml: {data_yaml}")
     typer.echo("instances: " + ", ".join(f"{k}={v}" for k, v in meta["instances"].items()))
@@ -95,12 +102,21 @@ def check(
     path: Annotated[Path, typer.Argument(help="Dataset folder, .zip or data.yaml.")],
     out: Annotated[Path | None, typer.Option(help="Folder for the plots (default: <dataset>/check).")] = None,
     fix: Annotated[bool, typer.Option("--fix/--no-fix", help="Repair wrong paths in data.yaml.")] = True,
+    fmt: Annotated[str, typer.Option("--format", help="text, or md (Markdown tables).")] = "text",
+    md: Annotated[
+        Path | None, typer.Option(help="Also write the Markdown here (for report --check).")
+    ] = None,
 ) -> None:
     """Check a dataset: structure, paths, counts, class balance and every label line (exit 1 on errors)."""
     from train.dataset import check as run_check
 
+    if fmt not in ("text", "md"):
+        raise typer.BadParameter(f"expected text or md, got {fmt!r}", param_hint="--format")
     report = run_check(path, out_dir=out, fix=fix)
-    typer.echo(report.to_text())
+    if md is not None:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(report.to_markdown(rel_to=md.parent))
+    typer.echo(report.to_markdown(rel_to=Path.cwd()) if fmt == "md" else report.to_text())
     if report.errors:
         raise typer.Exit(1)
 
@@ -122,11 +138,14 @@ def split(
     fractions: Annotated[str, typer.Option(help="train,val,test shares.")] = "0.7,0.2,0.1",
     seed: Annotated[int, typer.Option(help="Shuffle seed.")] = 0,
     link: Annotated[bool, typer.Option(help="Hardlink images instead of copying.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Split despite dataset errors (bad files are left out).")
+    ] = False,
 ) -> None:
     """Re-split a dataset into train/val/test, stratified by each image's rarest class."""
     from train.dataset import split as run_split
 
-    result = run_split(src, out, _fractions(fractions), seed=seed, link=link)
+    result = run_split(src, out, _fractions(fractions), seed=seed, link=link, force=force)
     for name, n in result.images.items():
         typer.echo(f"{name}: {n} images, {result.negatives[name]} negatives, {result.instances[name]}")
     typer.echo(f"data.yaml: {result.data_yaml}")
@@ -147,6 +166,10 @@ def merge(
         typer.echo(f"{prefix}: " + ", ".join(f"{old}→{new}" for old, new in mapping.items()))
     for line in result.dropped:
         typer.echo(f"dropped {line}", err=True)
+    for line in result.duplicates:
+        typer.echo(f"skipped duplicate {line}", err=True)
+    if result.duplicates:
+        typer.echo(f"{len(result.duplicates)} duplicate image(s) left out")
     typer.echo(f"data.yaml: {result.data_yaml}")
 
 
@@ -158,11 +181,18 @@ def autolabel(
     conf: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum confidence.")] = 0.25,
     policy: Annotated[str, typer.Option(help="keep, replace or merge.")] = "keep",
     iou: Annotated[float, typer.Option(min=0.0, max=1.0, help="merge: IoU that marks a duplicate.")] = 0.5,
+    review_conf: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="List images with a box below this in review.txt.")
+    ] = 0.5,
 ) -> None:
-    """Pre-label images with a detector; existing labels are kept, replaced or merged."""
+    """Pre-label images with a detector; existing labels are kept, replaced or merged.
+
+    Writes autolabel.csv (confidences), review.txt (images to check first) and, for a plain folder,
+    classes.txt.
+    """
     from train.autolabel import autolabel as run_autolabel
 
-    report = run_autolabel(source, model, out, conf=conf, policy=policy, iou=iou)
+    report = run_autolabel(source, model, out, conf=conf, policy=policy, iou=iou, review_conf=review_conf)
     typer.echo(report.to_text())
 
 
@@ -180,12 +210,13 @@ def fit(
     close_mosaic: Annotated[int, typer.Option(help="Turn mosaic off for the last N epochs.")] = 10,
     device: Annotated[str | None, typer.Option(help="cpu, 0, 0,1, ...")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    project: Annotated[str, typer.Option(help="Runs folder.")] = "runs/fit",
+    project: Annotated[str, typer.Option(help="Runs folder (relative: to this folder).")] = "runs/fit",
     name: Annotated[str, typer.Option(help="Run name.")] = "train",
-    resume: Annotated[Path | None, typer.Option(help="Resume from this last.pt.")] = None,
-    plots: Annotated[bool | None, typer.Option("--plots/--no-plots", help="Training plots.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Resume an unfinished run from its last.pt.")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Training curves (results.png).")] = True,
+    force: Annotated[bool, typer.Option(help="Train despite dataset check errors.")] = False,
 ) -> None:
-    """Fine-tune YOLOv8 on a dataset."""
+    """Fine-tune YOLOv8 on a dataset (checked first); results go under --project in this folder."""
     from train.fit import FitOptions
     from train.fit import fit as run_fit
 
@@ -204,12 +235,60 @@ def fit(
         project=project,
         name=name,
         plots=plots,
+        force=force,
     )
     result = run_fit(data, opts, resume=resume)
-    typer.echo(f"best: {result.best}")
-    typer.echo(f"last: {result.last}")
     for key, value in result.metrics.items():
         typer.echo(f"{key}: {value:.4f}")
+    typer.echo(f"run: {_shown(result.save_dir)}")
+    typer.echo(f"last: {_shown(result.last)}")
+    typer.echo(f"best: {_shown(result.best)}")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it (what the next command types)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@app.command("real-photos")
+def real_photos(
+    out: Annotated[Path, typer.Option(help="Output dataset folder.")] = Path("data/real"),
+) -> None:
+    """Build the tiny real test set: Debian opencv-doc fruit photos with hand-drawn labels (split test)."""
+    from train.realset import build_real_test_set
+
+    data_yaml = build_real_test_set(out)
+    typer.echo(f"data.yaml: {data_yaml} (3 photos, split test)")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Detector: .onnx or .pt.")],
+    source: Annotated[Path, typer.Argument(help="An image, a folder of images or a video.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/predict/SOURCE-MODEL).")
+    ] = None,
+    conf: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum confidence.")] = 0.25,
+    imgsz: Annotated[int | None, typer.Option(help="Network input size (default: the model's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Run a model on images, a folder or a video: annotated copies plus detections.json and .csv."""
+    from train.predict import predict as run_predict
+
+    if device not in ("cpu", "cuda", "auto"):
+        raise typer.BadParameter(f"expected cpu, cuda or auto, got {device!r}", param_hint="--device")
+    result = run_predict(model, source, out, conf=conf, imgsz=imgsz, device=device)
+    seen = f"{result.images} image(s)" if result.images or not result.frames else f"{result.frames} frames"
+    typer.echo(f"model: {model} (version {result.version}, {len(result.names)} classes)")
+    total = sum(result.per_class.values())
+    detail = ", ".join(f"{k}={v}" for k, v in result.per_class.items()) or "none"
+    typer.echo(f"{seen}: {total} detections ({detail})")
+    typer.echo(f"annotated: {_shown(result.out_dir)}")
+    tables = (result.json_path, result.csv_path)
+    typer.echo("detections: " + ", ".join(_shown(p) for p in tables if p is not None))
 
 
 def _register_eval(target: typer.Typer) -> None:

@@ -1,9 +1,10 @@
 """Error analysis: where a detector is wrong, image by image (the notebook's step 2.8).
 
 At one operating point (``conf``), each model's predictions are matched to the ground truth
-(:func:`match`), giving TP/FP/FN per image and P/R/F1 per model. Galleries show the images with the
-most false positives and the most false negatives: ground truth in green, matched predictions in
-orange, false positives in red.
+(:func:`match`), giving TP/FP/FN per image, and P/R/F1 per model and per class. Galleries show the
+images with the most false positives and the most false negatives: found ground truth in green, missed
+ground truth (false negatives) in magenta and marked "missed", matched predictions in orange, false
+positives in red.
 
 Predictions come from a *predictor*: Ultralytics weights (``.pt``/``.onnx``, streamed over the split)
 or any callable ``image (BGR) → (boxes xyxy px, scores, class ids in the dataset's numbering)``,
@@ -27,11 +28,13 @@ from edge.detections import box_iou
 from train.evaluate import EvalError, _check_split, _check_weights, _link, class_names, load_data, norm_name
 
 __all__ = [
+    "ClassErrors",
     "ErrorReport",
     "ImageErrors",
     "ModelErrors",
     "Predictor",
     "analyse",
+    "class_errors",
     "draw_errors",
     "gallery",
     "match",
@@ -43,7 +46,7 @@ __all__ = [
 Prediction = tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.integer]]
 Predictor = Callable[[np.ndarray], Prediction]
 IMG_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-GREEN, ORANGE, RED = (0, 200, 0), (0, 165, 255), (0, 0, 255)
+GREEN, ORANGE, RED, MAGENTA = (0, 200, 0), (0, 165, 255), (0, 0, 255), (255, 0, 255)
 OVERALL = ("precision", "recall", "f1")
 
 
@@ -200,18 +203,27 @@ class ImageErrors:
         """Unmatched ground-truth objects."""
         return len(self.gt_boxes) - self.tp
 
+    def per_class(self) -> dict[int, tuple[int, int, int]]:
+        """``class id → (tp, fp, fn)`` on this image (a false positive counts for its predicted class)."""
+        out: dict[int, list[int]] = {}
+        matched_p = {p for p, _, _ in self.matches}
+        matched_g = {g for _, g, _ in self.matches}
+        for i, c in enumerate(self.pred_cls.tolist()):
+            out.setdefault(int(c), [0, 0, 0])[0 if i in matched_p else 1] += 1
+        for j, c in enumerate(self.gt_cls.tolist()):
+            if j not in matched_g:
+                out.setdefault(int(c), [0, 0, 0])[2] += 1
+        return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
-@dataclass
-class ModelErrors:
-    """Totals of one model over the split, and its galleries."""
+
+@dataclass(frozen=True)
+class ClassErrors:
+    """TP/FP/FN of one class over the split, and its P/R/F1."""
 
     name: str
     tp: int
     fp: int
     fn: int
-    fp_gallery: str | None = None
-    fn_gallery: str | None = None
-    images: list[ImageErrors] = field(default_factory=list, repr=False)
 
     @property
     def precision(self) -> float:
@@ -229,9 +241,43 @@ class ModelErrors:
         return prf(self.tp, self.fp, self.fn)[2]
 
     def to_dict(self) -> dict[str, Any]:
-        """Totals, P/R/F1 and gallery paths (not the per-image arrays: those are in the CSV)."""
-        keys = ("name", "tp", "fp", "fn", "precision", "recall", "f1", "fp_gallery", "fn_gallery")
+        """Counts and ratios."""
+        keys = ("name", "tp", "fp", "fn", "precision", "recall", "f1")
         return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class ModelErrors:
+    """Totals of one model over the split, and its galleries."""
+
+    name: str
+    tp: int
+    fp: int
+    fn: int
+    fp_gallery: str | None = None
+    fn_gallery: str | None = None
+    images: list[ImageErrors] = field(default_factory=list, repr=False)
+    classes: list[ClassErrors] = field(default_factory=list)
+
+    @property
+    def precision(self) -> float:
+        """TP / (TP + FP)."""
+        return prf(self.tp, self.fp, self.fn)[0]
+
+    @property
+    def recall(self) -> float:
+        """TP / (TP + FN)."""
+        return prf(self.tp, self.fp, self.fn)[1]
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall."""
+        return prf(self.tp, self.fp, self.fn)[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Totals, P/R/F1 overall and per class, gallery paths (per-image rows are in the CSV)."""
+        keys = ("name", "tp", "fp", "fn", "precision", "recall", "f1", "fp_gallery", "fn_gallery")
+        return {**{k: getattr(self, k) for k in keys}, "classes": [c.to_dict() for c in self.classes]}
 
 
 @dataclass
@@ -266,7 +312,15 @@ class ErrorReport:
     def from_dict(cls, d: Mapping[str, Any]) -> ErrorReport:
         """Rebuild the totals from :meth:`to_dict` output (per-image data is not restored)."""
         models = [
-            ModelErrors(m["name"], m["tp"], m["fp"], m["fn"], m.get("fp_gallery"), m.get("fn_gallery"))
+            ModelErrors(
+                m["name"],
+                m["tp"],
+                m["fp"],
+                m["fn"],
+                m.get("fp_gallery"),
+                m.get("fn_gallery"),
+                classes=[ClassErrors(c["name"], c["tp"], c["fp"], c["fn"]) for c in m.get("classes", [])],
+            )
             for m in d["models"]
         ]
         return cls(d["split"], d["conf"], d["iou"], models, d.get("csv"))
@@ -287,15 +341,43 @@ class ErrorReport:
         if delta:
             lines += ["", f"Δ ({self.models[1].name} − {self.models[0].name}): "]
             lines[-1] += ", ".join(f"{k} {v:+.3f}" for k, v in delta.items())
+        lines += self._class_table()
+        legend = "green: found truth, magenta: missed truth, orange: matched, red: false positive"
         for m in self.models:
             for kind, path in (("false positives", m.fp_gallery), ("false negatives", m.fn_gallery)):
                 if path:
-                    lines += [
-                        "",
-                        f"**{m.name}: most {kind}** (green: truth, orange: matched, red: false positive)",
-                    ]
+                    lines += ["", f"**{m.name}: most {kind}** ({legend})"]
                     lines += ["", f"![{m.name} {kind}]({_link(path, rel_to)})"]
         return "\n".join(lines) + "\n"
+
+    def _class_table(self) -> list[str]:
+        """Per class: TP/FP/FN and P/R/F1 of each model side by side."""
+        names = list(dict.fromkeys(c.name for m in self.models for c in m.classes))
+        if not names:
+            return []
+        header = "| class | " + " | ".join(f"{m.name} TP/FP/FN | P | R | F1" for m in self.models) + " |"
+        lines = ["", "Per class:", "", header, "|---|" + "---:|---:|---:|---:|" * len(self.models)]
+        for name in names:
+            cells = []
+            for m in self.models:
+                c = next((x for x in m.classes if x.name == name), ClassErrors(name, 0, 0, 0))
+                cells.append(f"{c.tp}/{c.fp}/{c.fn} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return lines
+
+
+def class_errors(records: Sequence[ImageErrors], names: Sequence[str]) -> list[ClassErrors]:
+    """Per-class totals over images, in the dataset's class order (classes never seen are left out)."""
+    totals: dict[int, list[int]] = {}
+    for rec in records:
+        for c, counts in rec.per_class().items():
+            t = totals.setdefault(c, [0, 0, 0])
+            for i in range(3):
+                t[i] += counts[i]
+    return [
+        ClassErrors(names[c] if 0 <= c < len(names) else str(c), *totals[c])
+        for c in sorted(totals, key=lambda c: (c < 0, c))
+    ]
 
 
 # --- predictions -----------------------------------------------------------------------------------
@@ -364,13 +446,17 @@ def _analyse_model(
 
 
 def draw_errors(img: np.ndarray, rec: ImageErrors, names: Sequence[str]) -> np.ndarray:
-    """Draw ground truth (green), matched predictions (orange) and false positives (red) on a copy."""
+    """Draw truth (green; missed: magenta "missed"), matched predictions (orange), false positives (red)."""
     out = img.copy()
     matched = {p for p, _, _ in rec.matches}
+    found = {g for _, g, _ in rec.matches}
     thick = max(1, round(max(out.shape[:2]) / 320))
-    for box, c in zip(rec.gt_boxes, rec.gt_cls, strict=True):
+    for j, (box, c) in enumerate(zip(rec.gt_boxes, rec.gt_cls, strict=True)):
         label = names[c] if 0 <= c < len(names) else str(c)
-        _box(out, box, GREEN, label, thick, above=False)
+        if j in found:
+            _box(out, box, GREEN, label, thick, above=False)
+        else:  # a false negative: thicker, so a missed object stands out in the FN gallery
+            _box(out, box, MAGENTA, f"missed {label}", thick + 1, above=False)
     for i, (box, score) in enumerate(zip(rec.pred_boxes, rec.pred_scores, strict=True)):
         _box(
             out, box, ORANGE if i in matched else RED, f"{rec.pred_labels[i]} {score:.2f}", thick, above=True
@@ -444,6 +530,16 @@ def _model_name(spec: Path | str | Predictor, i: int) -> str:
     return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "weights" else path.name
 
 
+def _default_out(weights_list: Sequence[Path | str | Predictor], split: str) -> Path:
+    from train.evaluate import model_label
+
+    labels = [
+        getattr(w, "__name__", f"model{i + 1}") if callable(w) else model_label(Path(w))
+        for i, w in enumerate(weights_list)
+    ]
+    return Path("runs") / "errors" / ("-vs-".join(labels) + f"-{split}")
+
+
 def analyse(
     weights_list: Sequence[Path | str | Predictor],
     data_yaml: Path | str,
@@ -451,7 +547,7 @@ def analyse(
     conf: float = 0.25,
     iou: float = 0.5,
     imgsz: int = 640,
-    out_dir: Path | str = "runs/errors",
+    out_dir: Path | str | None = None,
     top: int = 12,
     device: str | None = None,
     nms_iou: float = 0.7,
@@ -467,7 +563,8 @@ def analyse(
         conf: confidence threshold: the operating point being judged.
         iou: IoU a prediction needs with a truth box of its class to count as a TP.
         imgsz: inference size for weights.
-        out_dir: where ``errors.json``, ``errors.csv`` and the galleries go.
+        out_dir: where ``errors.json``, ``errors.csv`` and the galleries go (default:
+            ``runs/errors/<model versions>-<split>``, so another model or split does not overwrite it).
         top: images per gallery.
         device: Ultralytics device string or ``None``.
         nms_iou: NMS IoU for weights.
@@ -484,7 +581,7 @@ def analyse(
     for spec in weights_list:
         if not callable(spec):
             _check_weights(Path(spec))
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else _default_out(weights_list, split)
     out.mkdir(parents=True, exist_ok=True)
     data_names = class_names(load_data(data_yaml))
     images = split_images(data_yaml, split)
@@ -498,6 +595,7 @@ def analyse(
             else _from_weights(Path(spec), images, data_names, opts)
         )
         m = _analyse_model(stream, len(images), name, conf, iou)
+        m.classes = class_errors(m.images, data_names)
         slug = f"{i + 1}_" + "".join(ch if ch.isalnum() else "_" for ch in name)
         m.fp_gallery = _worst_gallery(m, "fp", data_names, out / f"{slug}_fp.png", top)
         m.fn_gallery = _worst_gallery(m, "fn", data_names, out / f"{slug}_fn.png", top)

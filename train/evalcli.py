@@ -65,6 +65,7 @@ def _print_eval(result: EvalResult) -> None:
     console = Console()
     console.print(t)
     console.print("Speed per image: " + ", ".join(f"{k} {v:.1f} ms" for k, v in result.speed.items()))
+    console.print(f"{result.fps:.1f} images/s on {result.device}; model version {result.version}")
     console.print(f"Wrote {Path(result.out_dir or '.') / 'eval.json'} and {result.confusion_png}")
 
 
@@ -77,7 +78,9 @@ def eval_cmd(
     device: Device = None,
     conf: Annotated[float, typer.Option(help="Confidence floor for mAP.")] = 0.001,
     iou: Annotated[float, typer.Option(help="NMS IoU.")] = 0.6,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/eval"),
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/eval/<model version>-<split>).")
+    ] = None,
 ) -> None:
     """Evaluate a model: mAP, precision, recall per class, speed and a confusion matrix."""
     from train.evaluate import evaluate
@@ -93,7 +96,9 @@ def compare_cmd(
     imgsz: Imgsz = 640,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 16,
     device: Device = None,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/compare"),
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/compare/<versions>-<split>).")
+    ] = None,
 ) -> None:
     """Compare a baseline and a fine-tuned model on the same split, class by class (matched by name)."""
     from rich.console import Console
@@ -102,26 +107,31 @@ def compare_cmd(
     from train.evaluate import OVERALL, ClassDelta, compare
 
     comp = compare(baseline, finetuned, data, split, imgsz, batch, device, out_dir=out)
-    t = Table(title=f"{baseline.name} → {finetuned.name} on {split}")
-    for col in ("class", "mAP50 base", "mAP50 tuned", "Δ mAP50", "50-95 base", "50-95 tuned", "Δ 50-95"):
+    keys = ("map50", "map50_95", "precision", "recall")
+    t = Table(title=f"{baseline.name} → {finetuned.name} on {split}: base → tuned (Δ)")
+    for col in ("class", "mAP50", "mAP50-95", "P", "R"):
         _column(t, col, first="class")
     deltas = comp.overall_deltas()
-    overall = [_fmt(comp.baseline.map50), _fmt(comp.finetuned.map50), _delta(deltas["map50"])]
-    overall += [_fmt(comp.baseline.map50_95), _fmt(comp.finetuned.map50_95), _delta(deltas["map50_95"])]
-    t.add_row("all", *overall, style="bold")
+
+    def cell(b: float | None, f: float | None, d: float | None) -> str:
+        return f"{_fmt(b)} → {_fmt(f)} ({_delta(d)})"
+
+    t.add_row(
+        "all",
+        *(cell(comp.baseline.metric(k), comp.finetuned.metric(k), deltas[k]) for k in keys),
+        style="bold",
+    )
     for c in comp.classes:
-        cells = []
-        for k in ("map50", "map50_95"):
-            cells += [
-                _fmt(ClassDelta._value(c.baseline, k)),
-                _fmt(ClassDelta._value(c.finetuned, k)),
-                _delta(c.delta(k)),
-            ]
-        t.add_row(c.name, *cells)
+        values = [
+            cell(ClassDelta._value(c.baseline, k), ClassDelta._value(c.finetuned, k), c.delta(k))
+            for k in keys
+        ]
+        t.add_row(c.name, *values)
     console = Console()
     console.print(t)
     console.print("Δ overall: " + ", ".join(f"{k} {_delta(deltas[k])}" for k in OVERALL))
-    console.print(f"Wrote {out / 'compare.json'} and {comp.plot_png}")
+    folder = Path(comp.plot_png).parent if comp.plot_png else Path(out or ".")
+    console.print(f"Wrote {folder / 'compare.json'} and {comp.plot_png}")
 
 
 def errors_cmd(
@@ -133,7 +143,9 @@ def errors_cmd(
     imgsz: Imgsz = 640,
     device: Device = None,
     top: Annotated[int, typer.Option(help="Images per gallery.")] = 12,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/errors"),
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/errors/<versions>-<split>).")
+    ] = None,
 ) -> None:
     """Error analysis: TP/FP/FN, precision/recall/F1 and galleries of the worst images."""
     from rich.console import Console
@@ -152,6 +164,22 @@ def errors_cmd(
     delta = report.deltas()
     if delta:
         console.print("Δ: " + ", ".join(f"{k} {_delta(v)}" for k, v in delta.items()))
+    per_class = Table(title="Per class (TP/FP/FN, P, R, F1)")
+    _column(per_class, "class", first="class")
+    for m in report.models:
+        _column(per_class, m.name, first="class")
+    names = list(dict.fromkeys(c.name for m in report.models for c in m.classes))
+    for name in names:
+        cells = []
+        for m in report.models:
+            c = next((x for x in m.classes if x.name == name), None)
+            cells.append(
+                "—"
+                if c is None
+                else f"{c.tp}/{c.fp}/{c.fn}  P {_fmt(c.precision)} R {_fmt(c.recall)} F1 {_fmt(c.f1)}"
+            )
+        per_class.add_row(name, *cells)
+    console.print(per_class)
     galleries = [g for m in report.models for g in (m.fp_gallery, m.fn_gallery) if g]
     console.print(f"Wrote {report.csv}" + (f" and {len(galleries)} galleries" if galleries else ""))
 
@@ -159,19 +187,35 @@ def errors_cmd(
 def report_cmd(
     out: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("report.md"),
     run_dir: Annotated[
-        Path, typer.Option("--run-dir", "--eval-dir", help="Folder holding eval/compare/errors outputs.")
+        Path, typer.Option("--run-dir", "--eval-dir", help="Take every result under this folder.")
     ] = Path("runs"),
-    check: Annotated[Path | None, typer.Option(help="A dataset check report (Markdown) to include.")] = None,
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--run",
+            help="Only these (repeatable): eval/compare/errors JSON or their folders, fit run folders.",
+        ),
+    ] = None,
+    check: Annotated[
+        Path | None, typer.Option(help="A dataset check in Markdown (check --md FILE) to include.")
+    ] = None,
 ) -> None:
-    """Write one Markdown report from the JSON files eval, compare and errors wrote."""
+    """Write one Markdown report: check, training runs, one row per model version, comparisons, errors."""
     from train.evaluate import EvalError
-    from train.report import collect, write_report
+    from train.report import Sources, collect, load_result, write_report
 
     if check is not None and not check.is_file():
         raise EvalError(f"{check}: check report not found")
-    sections = collect(run_dir)
-    path = write_report(out, check_report=check, **sections)
-    typer.echo(f"Wrote {path} ({', '.join(sections)})")
+    if runs:
+        sources = Sources()
+        for path in runs:
+            load_result(path, sources)
+    else:
+        sources = collect(run_dir)
+    for path in sources.used:
+        typer.echo(f"using {path}")
+    path = write_report(out, check_report=check, **sources.kwargs())
+    typer.echo(f"Wrote {path} ({', '.join(sources.names() + (['check'] if check else []))})")
 
 
 def register(app: typer.Typer) -> None:

@@ -33,13 +33,17 @@ __all__ = [
     "class_names",
     "compare",
     "compare_results",
+    "default_out",
     "evaluate",
     "load_data",
+    "model_label",
+    "model_version",
     "norm_name",
 ]
 
 WEIGHT_SUFFIXES = (".pt", ".onnx")
 OVERALL = ("precision", "recall", "map50", "map50_95")
+_TITLES = {"precision": "P", "recall": "R", "map50": "mAP50", "map50_95": "mAP50-95"}
 
 
 class EvalError(TrainError):
@@ -112,6 +116,47 @@ def _remap(model_names: Sequence[str], data_names: Sequence[str]) -> list[int] |
     return [index.get(norm_name(n), -1) for n in model_names]
 
 
+def model_version(weights: Path) -> str:
+    """An ONNX model's metadata version, else the first 12 hex digits of the file's SHA-256."""
+    from edge.config import ModelConfig
+    from edge.errors import LanecountError
+    from edge.model import file_sha256, load_model_info
+
+    if weights.suffix.lower() == ".onnx":
+        try:
+            return load_model_info(ModelConfig(path=str(weights))).version
+        except LanecountError:
+            pass  # no usable metadata: fall back to the checksum
+    return file_sha256(weights)[:12]
+
+
+def model_label(weights: Path) -> str:
+    """A folder-safe name for a model version: ``<run>-<file>-<version>`` (run: for ``weights/*.pt``)."""
+    run = weights.parent.parent.name if weights.parent.name == "weights" else ""
+    text = f"{run}-{weights.stem}" if run else weights.stem
+    text = f"{text}-{model_version(weights)}"
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
+
+
+def default_out(kind: str, models: Sequence[Path], split: str) -> Path:
+    """``runs/<kind>/<model label>[-vs-<label>]-<split>``: one folder per model version and split."""
+    return Path("runs") / kind / ("-vs-".join(model_label(Path(m)) for m in models) + f"-{split}")
+
+
+def _device_text(device: str | None) -> str:
+    """Where inference ran, as a person reads it: GPU name, or CPU architecture and thread count."""
+    import platform
+
+    import torch
+
+    if device not in (None, "cpu") and torch.cuda.is_available():
+        index = int(str(device).split(",")[0]) if str(device).split(",")[0].isdigit() else 0
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device is None and torch.cuda.is_available():
+        return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({platform.machine()}, torch threads: {torch.get_num_threads()})"
+
+
 # --- results ---------------------------------------------------------------------------------------
 
 
@@ -146,6 +191,9 @@ class EvalResult:
     confusion_matrix: list[list[float]] = field(default_factory=list)
     confusion_png: str | None = None
     out_dir: str | None = None
+    version: str = ""  # the model's version (metadata, else the start of the file's SHA-256)
+    device: str = ""  # where the speed was measured, e.g. "cpu (x86_64, 2 threads)"
+    fps: float = 0.0  # images per second: 1000 / (pre + infer + post ms)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -168,6 +216,9 @@ class EvalResult:
         """Markdown: overall table, per-class table, speed and the confusion matrix image."""
         lines = [
             f"### Evaluation: `{Path(self.weights).name}` on `{self.split}`",
+            "",
+            f"Model version `{self.version or '?'}`, image size {self.imgsz}, {self.fps:.1f} images/s on "
+            f"{self.device or 'an unrecorded device'}.",
             "",
             "| metric | value |",
             "|---|---|",
@@ -278,7 +329,7 @@ def evaluate(
     device: str | None = None,
     conf: float = 0.001,
     iou: float = 0.6,
-    out_dir: Path | str = "runs/eval",
+    out_dir: Path | str | None = None,
     plots: bool | None = None,
 ) -> EvalResult:
     """Validate ``weights`` on one split of ``data_yaml`` and write ``eval.json`` and ``confusion.png``.
@@ -292,7 +343,8 @@ def evaluate(
         device: ``cpu``, ``0``… or ``None`` for Ultralytics' choice.
         conf: confidence floor for mAP (keep it low: mAP integrates over confidence).
         iou: NMS IoU.
-        out_dir: where results and plots go.
+        out_dir: where results and plots go (default: :func:`default_out`, named by model version and
+            split, so evaluating another model or split does not overwrite this one).
         plots: Ultralytics' own image plots; ``None`` means on unless offline (``YOLO_OFFLINE=1``).
 
     Returns:
@@ -305,10 +357,11 @@ def evaluate(
         >>> r = evaluate("runs/fit/train/weights/best.pt", "data/data.yaml", split="test")  # doctest: +SKIP
         >>> print(r.to_markdown())  # doctest: +SKIP
     """
-    weights, data_yaml, out = Path(weights), Path(data_yaml), Path(out_dir).resolve()
+    weights, data_yaml = Path(weights), Path(data_yaml)
     data = load_data(data_yaml)
     _check_split(data, data_yaml, split)
     _check_weights(weights)
+    out = Path(out_dir if out_dir is not None else default_out("eval", [weights], split)).resolve()
     data_names = class_names(data)
     model = _load_model(weights)
     model_names = [str(n) for n in model.names.values()]
@@ -322,6 +375,7 @@ def evaluate(
         **dict(project=str(out.parent), name=out.name, exist_ok=True, verbose=False, workers=0),
     )
     matrix = np.asarray(metrics.confusion_matrix.matrix, dtype=float)
+    speed = {k: float(metrics.speed.get(k, 0.0)) for k in ("preprocess", "inference", "postprocess")}
     result = EvalResult(
         weights=str(weights),
         data=str(data_yaml),
@@ -332,11 +386,14 @@ def evaluate(
         map50=float(metrics.box.map50),
         map50_95=float(metrics.box.map),
         classes=_class_rows(metrics, data_names),
-        speed={k: float(metrics.speed.get(k, 0.0)) for k in ("preprocess", "inference", "postprocess")},
+        speed=speed,
         model_classes=model_names,
         confusion_matrix=matrix.tolist(),
         confusion_png=str(plot_confusion(matrix, data_names, out / "confusion.png")),
         out_dir=str(out),
+        version=model_version(weights),
+        device=_device_text(device),
+        fps=1000.0 / sum(speed.values()) if sum(speed.values()) > 0 else 0.0,
     )
     (out / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
@@ -474,14 +531,12 @@ class Comparison:
         for k in OVERALL:
             b_val, f_val = _fmt(self.baseline.metric(k)), _fmt(self.finetuned.metric(k))
             lines.append(f"| {k} | {b_val} | {f_val} | {_fmt_delta(deltas[k])} |")
-        lines += [
-            "",
-            "| class | mAP50 base | mAP50 tuned | Δ mAP50 | mAP50-95 base | mAP50-95 tuned | Δ mAP50-95 |",
-        ]
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        keys = ("map50", "map50_95", "precision", "recall")
+        header = [h for k in keys for h in (f"{_TITLES[k]} base", f"{_TITLES[k]} tuned", f"Δ {_TITLES[k]}")]
+        lines += ["", "| class | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
         for c in self.classes:
             cells = []
-            for k in ("map50", "map50_95"):
+            for k in keys:
                 cells += [_fmt(ClassDelta._value(c.baseline, k)), _fmt(ClassDelta._value(c.finetuned, k))]
                 cells.append(_fmt_delta(c.delta(k)))
             lines.append(f"| {c.name} | " + " | ".join(cells) + " |")
@@ -527,7 +582,7 @@ def compare(
     device: str | None = None,
     conf: float = 0.001,
     iou: float = 0.6,
-    out_dir: Path | str = "runs/compare",
+    out_dir: Path | str | None = None,
 ) -> Comparison:
     """Evaluate both models on the same split and write ``compare.json`` and ``compare.png``.
 
@@ -541,7 +596,8 @@ def compare(
         device: Ultralytics device string or ``None``.
         conf: confidence floor for mAP.
         iou: NMS IoU.
-        out_dir: results go to ``out_dir/{baseline,finetuned}`` and ``out_dir``.
+        out_dir: results go to ``out_dir/{baseline,finetuned}`` and ``out_dir`` (default: named by both
+            model versions and the split, see :func:`default_out`).
 
     Returns:
         The :class:`Comparison`; deltas are ``finetuned − baseline``.
@@ -549,10 +605,14 @@ def compare(
     Raises:
         EvalError: missing/unusable weights, data.yaml or split.
     """
-    out = Path(out_dir)
     # Check both before the first (slow) evaluation, so a typo in the second fails at once.
     for w in (Path(baseline), Path(finetuned)):
         _check_weights(w)
+    out = (
+        Path(out_dir)
+        if out_dir is not None
+        else default_out("compare", [Path(baseline), Path(finetuned)], split)
+    )
     common = dict(
         data_yaml=data_yaml, split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou
     )

@@ -3,6 +3,11 @@
 Ultralytics resolves a bare name such as ``yolov8n.pt`` by downloading it; here that cannot work, so a
 missing weights file is reported in one line before any training starts. A ``.yaml`` model builds
 from scratch and needs nothing.
+
+Results go to ``<project>/<name>`` with a relative ``project`` taken from the current directory:
+Ultralytics would otherwise put a relative project under its global ``runs_dir`` setting, in another
+folder than the one the user works in. The dataset is checked first (:func:`train.check.require_clean`),
+because Ultralytics skips broken images and labels with a warning and trains on what is left.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ class FitOptions:
     project: str = "runs/fit"
     name: str = "train"
     exist_ok: bool = False
-    plots: bool | None = None  # None: on unless offline (plots need a font Ultralytics downloads)
+    plots: bool | None = None  # None: on (results.png and the other curves draw offline too)
+    force: bool = False  # train even when the dataset check finds errors
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,6 +68,11 @@ def offline() -> bool:
 
 def _check_model(model: str) -> None:
     path = Path(model)
+    if path.suffix.lower() not in (".pt", ".yaml", ".yml"):
+        raise TrainError(
+            f"{model}: fit needs PyTorch weights (.pt) or a model .yaml, got '{path.suffix or 'no suffix'}'"
+            + (" (an .onnx model is for inference: eval, predict, the edge daemon)" if path.suffix else "")
+        )
     if path.suffix in (".yaml", ".yml") and not path.exists():
         return  # a model family name such as yolov8n.yaml: Ultralytics ships its definition
     if not path.exists() and (offline() or path.parent != Path(".")):
@@ -71,25 +82,61 @@ def _check_model(model: str) -> None:
         )
 
 
-def _check_data(data: Path) -> None:
+def _check_data(data: Path, force: bool) -> None:
     if not data.exists():
         raise TrainError(f"{data}: dataset file not found")
     if data.is_dir():
         raise TrainError(f"{data}: expected a data.yaml file, got a folder (try {data / 'data.yaml'})")
+    from train.check import require_clean
     from train.dataset import validate_yaml
 
     problems = validate_yaml(data)  # one line naming the yaml line beats Ultralytics' traceback
     if problems:
         raise TrainError(f"{data.parent / problems[0]}")
+    require_clean(data, force=force, action="fit")
+
+
+def _check_resume(resume: Path) -> dict[str, Any]:
+    """The training arguments of an unfinished run's checkpoint; one line for anything else.
+
+    Ultralytics strips the optimizer from ``last.pt`` and sets its epoch to -1 when a run ends; resuming
+    such a file makes it forget the run's data and fall back to a dataset it downloads.
+    """
+    if not resume.is_file():
+        raise TrainError(f"{resume}: checkpoint to resume not found")
+    import torch
+
+    try:
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise TrainError(f"{resume}: not a PyTorch checkpoint ({type(exc).__name__})") from exc
+    args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
+    if not isinstance(args, dict):
+        raise TrainError(f"{resume}: not an Ultralytics training checkpoint (no train_args)")
+    if ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None:
+        raise TrainError(
+            f"{resume}: that run finished ({args.get('epochs')} epochs); nothing to resume. "
+            f"To train further start a new run: fit DATA --model {resume}"
+        )
+    data = args.get("data")
+    if not data or not Path(str(data)).is_file():
+        raise TrainError(f"{resume}: the run's dataset {data!r} is not there any more; cannot resume")
+    return args
+
+
+def _project(project: str) -> str:
+    """An absolute project folder: a relative one is taken from the current directory."""
+    path = Path(project).expanduser()
+    return str(path if path.is_absolute() else Path.cwd() / path)
 
 
 def fit(data: Path, opts: FitOptions, resume: Path | None = None) -> FitResult:
     """Train (or resume from ``resume``, a ``last.pt``) and return where best.pt is."""
-    if resume is not None and not resume.exists():
-        raise TrainError(f"{resume}: checkpoint to resume not found")
-    if resume is None:
-        _check_data(data)  # before the slow import, so a typo fails at once
-        _check_model(opts.model)
+    if resume is not None:
+        _check_resume(resume)
+    else:
+        _check_model(opts.model)  # before the slow import, so a typo fails at once
+        _check_data(data, opts.force)
     from ultralytics import YOLO
 
     if resume is not None:
@@ -97,9 +144,10 @@ def fit(data: Path, opts: FitOptions, resume: Path | None = None) -> FitResult:
         results = model.train(resume=True)
     else:
         model = YOLO(opts.model)
-        plots = (not offline()) if opts.plots is None else opts.plots
-        args = {k: v for k, v in asdict(opts).items() if k not in ("model", "extra", "plots")}
-        args = {k: v for k, v in args.items() if v is not None}
+        plots = True if opts.plots is None else opts.plots
+        skip = ("model", "extra", "plots", "force", "project")
+        args = {k: v for k, v in asdict(opts).items() if k not in skip and v is not None}
+        args["project"] = _project(opts.project)
         results = model.train(data=str(data), plots=plots, verbose=False, **args, **opts.extra)
     trainer: Any = model.trainer  # set by train(); Ultralytics types it Optional
     save_dir = Path(trainer.save_dir)

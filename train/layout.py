@@ -9,6 +9,7 @@ layout::
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -44,6 +45,10 @@ class DatasetError(LanecountError):
     """A dataset cannot be found or read; the message names the file (and line)."""
 
 
+# Zips extracted into a temp dir (their own name was taken): extracted folder → the zip. Removed at exit.
+TEMP_EXTRACTIONS: dict[Path, Path] = {}
+
+
 # --- finding a dataset ---------------------------------------------------------------------------------
 
 
@@ -55,8 +60,10 @@ def _extract(zip_path: Path) -> Path:
     if marker.exists() and marker.read_text() == stamp:
         return target
     if target.exists() or not os.access(zip_path.parent, os.W_OK):
-        target = Path(tempfile.mkdtemp(prefix=f"{zip_path.stem}-"))
+        target = Path(tempfile.mkdtemp(prefix=f"{zip_path.stem}-")).resolve()
         marker = target / ".lanecount-extracted"
+        TEMP_EXTRACTIONS[target] = zip_path.resolve()
+        atexit.register(shutil.rmtree, target, ignore_errors=True)  # not left behind in /tmp
     try:
         with zipfile.ZipFile(zip_path) as zf:
             for member in zf.namelist():
@@ -213,9 +220,44 @@ class Layout:
             return str(path)
 
 
+def _own_images(data: dict[str, Any], root: Path) -> bool:
+    """True when the folder of the data.yaml holds the train or val images itself."""
+    for split in ("train", "val"):
+        _, entries = _entries(data, split)
+        for entry in entries:
+            if (root / entry).exists() or (root / _strip_up(entry)).exists():
+                return True
+        if any((root / "images" / a).is_dir() or (root / a / "images").is_dir() for a in _ALIASES[split]):
+            return True
+    return False
+
+
+def _elsewhere(data: dict[str, Any], root: Path, data_yaml: Path) -> Path | None:
+    """The folder ``path:`` names when it lies outside the dataset in hand, which has its own images.
+
+    A copied or zipped dataset keeps the ``path:`` of the original; checking or labelling the original
+    instead of the files in hand would report on (or write to) the wrong dataset.
+    """
+    given = data.get("path")
+    if not given:
+        return None
+    base = Path(str(given))
+    base = (base if base.is_absolute() else data_yaml.parent / base).resolve()
+    if not base.exists() or base == root or base.is_relative_to(root):
+        return None
+    return base if _own_images(data, root) else None
+
+
 def _base(data: dict[str, Any], root: Path, data_yaml: Path, fixes: list[str]) -> Path:
     given = data.get("path")
     if not given:
+        return root
+    other = _elsewhere(data, root, data_yaml)
+    if other is not None:
+        fixes.append(
+            f"{_key_line(data_yaml, 'path')}: path: {given!r} points at another folder; "
+            f"using the files in hand → {root}"
+        )
         return root
     base = Path(str(given))
     base = base if base.is_absolute() else data_yaml.parent / base
@@ -301,6 +343,10 @@ def validate_yaml(data_yaml: Path) -> list[str]:
             if not (base / entry).exists() and not (entry.startswith("../") and (base / entry[3:]).exists()):
                 where = _key_line(data_yaml, key or split)
                 broken.append(f"{where}: {split}: {entry!r} not found from {base}")
+    other = _elsewhere(data, layout.root, data_yaml)
+    if other is not None:
+        where = _key_line(data_yaml, "path")
+        broken.insert(0, f"{where}: path: points at {other}, not at this dataset's own images")
     hint = " (lanecount-train check repairs it)" if not layout.problems else ""
     return layout.problems + [f"{b}{hint}" for b in broken]
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from train.check import image_problem
 from train.labels import Box, label_path, read_labels
 from train.layout import SPLITS, DatasetError, list_images, load_layout, locate, resolve, write_data_yaml
 
@@ -28,6 +30,8 @@ class _Item:
     label: Path | None
     boxes: tuple[Box, ...]
     split: str = "train"
+    problems: tuple[str, ...] = ()
+    readable: bool = True
 
 
 def _gather(src: Path) -> tuple[list[str], list[_Item], Path]:
@@ -46,8 +50,43 @@ def _gather(src: Path) -> tuple[list[str], list[_Item], Path]:
     for image, split_name in pairs:
         lbl = label_path(image)
         parsed = read_labels(lbl, len(names)) if lbl.exists() else None
-        items.append(_Item(image, lbl if parsed else None, parsed.boxes if parsed else (), split_name))
+        problems = [f"{_rel(lbl, root)}:{no}: {msg}" for no, msg in parsed.problems] if parsed else []
+        bad_image = image_problem(image)
+        if bad_image:
+            problems.insert(0, f"{_rel(image, root)}: {bad_image}")
+        boxes = parsed.boxes if parsed else ()
+        item = _Item(image, lbl if parsed else None, boxes, split_name, tuple(problems), not bad_image)
+        items.append(item)
     return names, items, root
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _refuse_problems(src: Path, items: list[_Item], force: bool) -> None:
+    """Stop before copying bad images or label lines on, unless ``force``."""
+    problems = [p for it in items for p in it.problems]
+    if problems and not force:
+        shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        raise DatasetError(
+            f"{src}: {len(problems)} dataset error(s): {shown}. "
+            "Fix them (lanecount-train check lists all) or split with --force"
+        )
+
+
+def _copy_label(item: _Item, dest: Path) -> None:
+    """Copy a label file unchanged; a forced split writes only its valid lines."""
+    if item.label is None:
+        return
+    if not item.problems:
+        _place(item.label, dest, False)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(f"{b.to_line()}\n" for b in item.boxes))
 
 
 def _group_key(item: _Item, freq: Counter[int]) -> str:
@@ -119,6 +158,7 @@ def split(
     fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
     seed: int = 0,
     link: bool = False,
+    force: bool = False,
 ) -> SplitResult:
     """Re-split a dataset into train/val/test, stratified by each image's rarest class.
 
@@ -133,9 +173,14 @@ def split(
         fractions: train, val, test shares; they must sum to 1.
         seed: shuffle seed; the same seed gives the same split.
         link: hardlink images instead of copying them (labels are always copied).
+        force: split even when images are unreadable or label lines invalid (they are left out:
+            unreadable images are not copied, invalid label lines are dropped).
 
     Returns:
         What went where.
+
+    Raises:
+        DatasetError: bad fractions, no images, a non-empty output, or dataset errors without ``force``.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise DatasetError(
@@ -144,6 +189,8 @@ def split(
     names, items, _ = _gather(src)
     if not items:
         raise DatasetError(f"{src}: no images found")
+    _refuse_problems(src, items, force)
+    items = [it for it in items if it.readable]
     freq = Counter(b.class_id for it in items for b in it.boxes)
     groups: dict[str, list[_Item]] = {}
     for item in sorted(items, key=lambda it: str(it.image)):
@@ -161,7 +208,7 @@ def split(
             name = _unique(item.image.name, used)
             _place(item.image, out / "images" / split_name / name, link)
             if item.label is not None:
-                _place(item.label, out / "labels" / split_name / Path(name).with_suffix(".txt"), False)
+                _copy_label(item, out / "labels" / split_name / Path(name).with_suffix(".txt"))
             per_class.update(names[b.class_id] for b in item.boxes)
         result.images[split_name] = len(chosen)
         result.instances[split_name] = {n: per_class[n] for n in names}
@@ -183,6 +230,8 @@ class MergeResult:
         mapping: per source (by its prefix): old class id → new class id.
         images: per split: number of images.
         dropped: ``file:line: problem`` for label lines that could not be carried over.
+        duplicates: ``image: same content as other`` for images left out because an identical file
+            (byte for byte) was already merged.
     """
 
     data_yaml: Path
@@ -190,6 +239,15 @@ class MergeResult:
     mapping: dict[str, dict[int, int]]
     images: dict[str, int]
     dropped: list[str]
+    duplicates: list[str] = field(default_factory=list)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _union(all_names: Iterable[list[str]]) -> tuple[list[str], list[dict[int, int]]]:
@@ -213,7 +271,9 @@ def merge(sources: list[Path], out: Path, link: bool = False) -> MergeResult:
 
     Class names are united in first-seen order (case-insensitive) and every label's class id is
     rewritten. Each file is prefixed with its dataset's folder name, so equal names cannot collide.
-    Splits stay as they were (a source's val goes to val).
+    Splits stay as they were (a source's val goes to val). An image identical by content to one
+    already merged (the same dataset given twice, or a photo in two exports) is left out and listed
+    in ``duplicates``: a copy would count twice, or leak from train into val.
 
     Args:
         sources: datasets (folders, zips or data.yaml files), each with a data.yaml.
@@ -234,10 +294,16 @@ def merge(sources: list[Path], out: Path, link: bool = False) -> MergeResult:
     result = MergeResult(out / "data.yaml", names, {}, dict.fromkeys(SPLITS, 0), [])
     used_prefixes: set[str] = set()
     used_files: set[str] = set()
+    seen: dict[str, str] = {}
     for (_, items, root), mapping in zip(gathered, maps, strict=True):
         prefix = _unique(root.name, used_prefixes)
         result.mapping[prefix] = mapping
         for item in items:
+            shown = f"{prefix}/{_rel(item.image, root)}"
+            first = seen.setdefault(_digest(item.image), shown)
+            if first != shown:
+                result.duplicates.append(f"{shown}: same content as {first}")
+                continue
             name = _unique(f"{prefix}_{item.image.name}", used_files)
             _place(item.image, out / "images" / item.split / name, link)
             result.images[item.split] += 1

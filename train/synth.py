@@ -341,9 +341,20 @@ def _overlap(
     return best
 
 
-def render_scene(rng: Rng, negative: bool = False, w: int = WIDTH, h: int = HEIGHT) -> Scene:
-    """Render one still image: background, 1 to 8 products, an occasional hand, degradations."""
-    canvas = background(str(rng.choice(BACKGROUNDS)), rng, w, h)
+def render_scene(
+    rng: Rng, negative: bool = False, w: int = WIDTH, h: int = HEIGHT, scene: str = "mixed"
+) -> Scene:
+    """Render one still image: background, 1 to 8 products, an occasional hand, degradations.
+
+    ``scene`` is a background of :data:`BACKGROUNDS`, or ``mixed`` for one drawn at random (the
+    stream the demo model was trained on). A fixed scene draws its background from a generator of its
+    own, so a given ``rng`` places the same products on every fixed background.
+    """
+    kind = str(rng.choice(BACKGROUNDS))
+    if scene == "mixed":
+        canvas = background(kind, rng, w, h)
+    else:
+        canvas = background(scene, np.random.default_rng(int(rng.integers(2**62))), w, h)
     placed: list[Placed] = []
     n = 0 if negative else int(rng.integers(1, 9))
     for _ in range(n * 4):  # bounded retries to find places with little overlap
@@ -386,11 +397,11 @@ def _splits(n: int, fractions: tuple[float, float, float]) -> Iterator[str]:
         yield "train" if i < n_train else "val" if i < n_train + n_val else "test"
 
 
-def _render_one(args: tuple[Path, int, int, float, str]) -> list[int]:
+def _render_one(args: tuple[Path, int, int, float, str, str]) -> list[int]:
     """Render and write image ``i``; returns its class ids (for the instance counts)."""
-    out, seed, i, negatives, split = args
+    out, seed, i, negatives, split, kind = args
     rng = np.random.default_rng([seed, i])
-    scene = render_scene(rng, negative=rng.random() < negatives)
+    scene = render_scene(rng, negative=rng.random() < negatives, scene=kind)
     stem = f"{split}_{i:05d}"
     cv2.imwrite(str(out / "images" / split / f"{stem}.jpg"), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     lines = yolo_lines(scene.objects, WIDTH, HEIGHT)
@@ -406,16 +417,23 @@ def write_dataset(
     fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
     progress: bool = False,
     jobs: int = 1,
+    scene: str = "mixed",
 ) -> Path:
     """Write a YOLO-format dataset (images/, labels/, data.yaml with train/val/test) and return data.yaml.
 
     Image ``i`` is rendered from ``default_rng([seed, i])``, so any image can be reproduced alone and
     the output does not depend on how many images are asked for, nor on ``jobs`` (processes).
+    ``scene`` is ``conveyor``, ``shelf``, ``clutter`` or ``mixed`` (each image draws one).
+
+    Raises:
+        ValueError: an unknown ``scene``.
     """
+    if scene not in (*BACKGROUNDS, "mixed"):
+        raise ValueError(f"scene must be one of {', '.join((*BACKGROUNDS, 'mixed'))}, got {scene!r}")
     out = Path(out)
     split_of = list(_splits(images, fractions))
     data_yaml = write_data_yaml(out, CLASSES)
-    work = [(out, seed, i, negatives, split_of[i]) for i in range(images)]
+    work = [(out, seed, i, negatives, split_of[i], scene) for i in range(images)]
     counts = [0] * len(CLASSES)
     with _pool(jobs) as pool:
         results: Iterator[list[int]] = (
@@ -431,6 +449,7 @@ def write_dataset(
     meta = {
         "generator": "lanecount synth",
         "seed": seed,
+        "scene": scene,
         "images": images,
         "instances": dict(zip(CLASSES, counts, strict=True)),
     }

@@ -8,7 +8,8 @@ planned before it is placed, and a product whose path would overlap another's is
 Outputs in ``--out``: ``video.mp4``, ``gt.txt`` (``frame,id,left,top,width,height,1,class,visibility``,
 frames from 1, class = 0-based id of :data:`train.synth.CLASSES`), ``crossings.json`` (true crossings
 per class and direction, same shape as ``lanecount-edge replay``'s ``counts.json``), and ``edge.yaml``
-(the video as source plus the counting line, a snippet for ``lanecount-edge``).
+(the video as source, the demo model, the counting line, MQTT off, tracks to ``run/tracks.txt``), which
+``lanecount-edge run --config DIR/edge.yaml`` runs as it is.
 """
 
 from __future__ import annotations
@@ -262,9 +263,23 @@ def _write_truth(out: Path, products: list[Product], frames: int) -> dict[str, o
         ],
     }
     (out / "crossings.json").write_text(json.dumps(summary, indent=2) + "\n")
-    snippet = {
-        "source": {"type": "file", "path": str((out / "video.mp4").resolve()), "loop": False},
-        "counting": {"lines": [LINE]},
-    }
-    (out / "edge.yaml").write_text(yaml.safe_dump(snippet, sort_keys=False))
+    (out / "edge.yaml").write_text(yaml.safe_dump(_edge_config(out), sort_keys=False))
     return summary
+
+
+def _edge_config(out: Path) -> dict[str, object]:
+    """An edge.yaml that ``lanecount-edge run --config`` accepts as is: the demo model, no broker.
+
+    Paths are absolute so the file works wherever the command runs; outputs land next to the video.
+    """
+    from edge.model import DEFAULT_MODEL
+
+    folder = out.resolve()
+    return {
+        "state_dir": str(folder / "state"),
+        "source": {"type": "file", "path": str(folder / "video.mp4"), "loop": False},
+        "model": {"path": str(DEFAULT_MODEL)},
+        "counting": {"lines": [LINE]},
+        "mqtt": {"enabled": False},
+        "output": {"tracks": str(folder / "run" / "tracks.txt")},
+    }
