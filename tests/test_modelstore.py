@@ -439,3 +439,39 @@ def test_install_killed_from_outside_at_random_moments(env):
         assert assert_store_sound(env, {new}) == new
         old = new
         del active
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("syscall", ["fsync", "rename"])
+def test_install_killed_by_strace_at_every_fsync_and_rename(env, syscall):
+    """strace's fault injection SIGKILLs the real CLI at the n-th fsync (or rename), for every n.
+
+    Finer than the store's own step hook: it also stops inside the bundle's extraction.
+    """
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (make system-deps installs it)")
+    ModelStore(env.store).install(env.bundle("0"), env.cfg(), env.pub)
+    old, completed = "0", False
+    for n in range(1, 60):
+        new = f"{syscall}.{n}"
+        bundle = env.bundle(new)
+        inject = ["-e", f"trace={syscall}", "-e", f"inject={syscall}:signal=KILL:when={n}"]
+        cli = [*MODEL_CLI, "install", str(bundle), "-c", str(env.config), "--store", str(env.store)]
+        res = subprocess.run(
+            [strace, "-f", "-qq", "-o", "/dev/null", *inject, *cli, "--reload-cmd", ""],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert_store_sound(env, {old, new})
+        ModelStore(env.store).install(bundle, env.cfg(), env.pub)  # recovery: the next install completes
+        assert assert_store_sound(env, {new}) == new
+        old = new
+        if res.returncode == 0:  # the n-th call never came: every earlier one was a kill point
+            completed = True
+            assert n > 3, f"only {n - 1} {syscall} calls: the store does not make its writes durable"
+            break
+        assert res.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), res.stderr
+    assert completed

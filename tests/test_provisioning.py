@@ -348,6 +348,7 @@ def test_local_mosquitto_bridges_to_the_store_broker(device, module_broker, tmp_
         "lanecount_root": str(root),
         "lanecount_initial_bundle": "",
         "lanecount_local_broker": True,
+        "lanecount_device": "lane-9",  # not the daemon's lane-1, whose retained status is on that broker
         "mosquitto_manage_packages": False,
         "mosquitto_service_manager": "none",
         "lanecount_store_broker": {"host": module_broker.host, "port": module_broker.port},
@@ -365,15 +366,15 @@ def test_local_mosquitto_bridges_to_the_store_broker(device, module_broker, tmp_
         + f"persistence_location {local.config.parent}/\nlog_dest stderr\n"
     )
     local.start()
-    store_side = Subscriber(module_broker, ["lanecount/store-1/lane-1/#"])
-    device_side = Subscriber(local, ["lanecount/store-1/lane-1/cmd/#"])
+    store_side = Subscriber(module_broker, ["lanecount/store-1/lane-9/#"])
+    device_side = Subscriber(local, ["lanecount/store-1/lane-9/cmd/#"])
     try:
-        device_side.publish("lanecount/store-1/lane-1/status", '{"state": "online"}', retain=True)
+        device_side.publish("lanecount/store-1/lane-9/status", '{"state": "online"}', retain=True)
         assert wait_until(lambda: store_side.on("/status"), 15), local.log()
         assert store_side.on("/status")[0].json() == {"state": "online"}
 
         def command_arrives() -> bool:
-            store_side.publish("lanecount/store-1/lane-1/cmd/reset", '{"id": "r1"}')
+            store_side.publish("lanecount/store-1/lane-9/cmd/reset", '{"id": "r1"}')
             return wait_until(lambda: device_side.on("/cmd/reset"), 1)
 
         assert wait_until(command_arrives, 15), local.log()
