@@ -91,8 +91,8 @@ test-edge: system-deps $(EDGE_STAMP)
 	$(EDGE_VENV)/bin/mypy edge
 
 lint: venv
-	$(VENV)/bin/ruff check edge train export tests
-	$(VENV)/bin/ruff format --check edge train export tests
+	$(VENV)/bin/ruff check edge train export tests provisioning
+	$(VENV)/bin/ruff format --check edge train export tests provisioning
 	$(VENV)/bin/mypy edge train export
 
 check: lint test

@@ -7,7 +7,8 @@ the venv's ``--system-site-packages``: TensorRT (``tensorrt``), python3-systemd 
 has no wheels) and, by default, OpenCV (JetPack's build has GStreamer for CSI cameras; a pip
 ``opencv-python`` would shadow it). ``--with-opencv`` adds the pip OpenCV for hosts without JetPack.
 
-Usage: python provisioning/wheelhouse.py --platform manylinux_2_35_aarch64 --python 3.10 --out wheelhouse/jetson
+Usage:
+    python provisioning/wheelhouse.py --platform manylinux_2_35_aarch64 --python 3.10 --out wheelhouse/jetson
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import hashlib
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 FROM_JETPACK = {"systemd-python", "tensorrt"}
@@ -52,10 +54,14 @@ def platform_tags(platform: str) -> list[str]:
 def main() -> int:
     """Build the wheelhouse; returns pip's exit code on failure."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--platform", default="manylinux_2_35_aarch64", help="pip platform tag (glibc of the device)")
+    ap.add_argument(
+        "--platform", default="manylinux_2_35_aarch64", help="pip platform tag (glibc of the device)"
+    )
     ap.add_argument("--python", default="3.10", help="device Python (JetPack 6: 3.10)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--with-opencv", action="store_true", help="include opencv-python (hosts without JetPack)")
+    ap.add_argument(
+        "--with-opencv", action="store_true", help="include opencv-python (hosts without JetPack)"
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("lanecount-*.whl"):
@@ -66,7 +72,8 @@ def main() -> int:
     steps = [
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(args.out), str(ROOT)],
         [*pip, "wheel", "--no-deps", "-q", "-w", str(args.out), *PURE_SDISTS],
-        [*pip, "download", "-q", "--only-binary=:all:", *(f"--platform={t}" for t in platform_tags(args.platform)),
+        [*pip, "download", "-q", "--only-binary=:all:",
+         *(f"--platform={t}" for t in platform_tags(args.platform)),
          "--python-version", args.python, "--implementation", "cp", "-d", str(args.out),
          "--find-links", str(args.out),
          "-r", str(args.out / "requirements.txt")],
