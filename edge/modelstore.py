@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -46,6 +45,7 @@ from typing import Any
 
 from edge.config import EdgeConfig
 from edge.errors import ModelError
+from edge.model import file_sha256
 
 __all__ = [
     "DEFAULT_RELOAD",
@@ -182,7 +182,7 @@ class ModelStore:
         _verify_extracted(release.path, public_key)
         meta = _read_json(release.path / "model.json") or {}
         model = release.path / str(meta.get("model_file", ""))
-        if not model.is_file() or _sha256(model) != release.sha256:
+        if not model.is_file() or file_sha256(model) != release.sha256:
             raise ModelError(f"{release.path}: {model.name}: sha256 does not match model.json")
         return release
 
@@ -315,7 +315,7 @@ class ModelStore:
                 "version": bundle.version,
                 "bundle": bundle_path.name,
                 "model_file": model.name,
-                "sha256": _sha256(model),
+                "sha256": file_sha256(model),
                 "variant": variant,
                 "installed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
@@ -489,7 +489,7 @@ def _verify_extracted(release: Path, public_key: Path) -> None:
     files = json.loads(body).get("files", {})
     for name, entry in files.items():
         path = release / "files" / name
-        if not path.is_file() or path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
+        if not path.is_file() or path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
             raise ModelError(f"{path}: missing or sha256 mismatch with manifest.json")
 
 
@@ -499,14 +499,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_durably(path: Path, data: bytes) -> None:

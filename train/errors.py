@@ -216,11 +216,9 @@ class ImageErrors:
         return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
-@dataclass(frozen=True)
-class ClassErrors:
-    """TP/FP/FN of one class over the split, and its P/R/F1."""
+class _Rates:
+    """Precision, recall and F1 from the ``tp``, ``fp`` and ``fn`` of the dataclass that mixes it in."""
 
-    name: str
     tp: int
     fp: int
     fn: int
@@ -240,6 +238,16 @@ class ClassErrors:
         """Harmonic mean of precision and recall."""
         return prf(self.tp, self.fp, self.fn)[2]
 
+
+@dataclass(frozen=True)
+class ClassErrors(_Rates):
+    """TP/FP/FN of one class over the split, and its P/R/F1."""
+
+    name: str
+    tp: int
+    fp: int
+    fn: int
+
     def to_dict(self) -> dict[str, Any]:
         """Counts and ratios."""
         keys = ("name", "tp", "fp", "fn", "precision", "recall", "f1")
@@ -247,7 +255,7 @@ class ClassErrors:
 
 
 @dataclass
-class ModelErrors:
+class ModelErrors(_Rates):
     """Totals of one model over the split, and its galleries."""
 
     name: str
@@ -258,21 +266,6 @@ class ModelErrors:
     fn_gallery: str | None = None
     images: list[ImageErrors] = field(default_factory=list, repr=False)
     classes: list[ClassErrors] = field(default_factory=list)
-
-    @property
-    def precision(self) -> float:
-        """TP / (TP + FP)."""
-        return prf(self.tp, self.fp, self.fn)[0]
-
-    @property
-    def recall(self) -> float:
-        """TP / (TP + FN)."""
-        return prf(self.tp, self.fp, self.fn)[1]
-
-    @property
-    def f1(self) -> float:
-        """Harmonic mean of precision and recall."""
-        return prf(self.tp, self.fp, self.fn)[2]
 
     def to_dict(self) -> dict[str, Any]:
         """Totals, P/R/F1 overall and per class, gallery paths (per-image rows are in the CSV)."""

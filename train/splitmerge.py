@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections import Counter
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.model import file_sha256
 from train.check import image_problem
 from train.labels import Box, label_path, read_labels
 from train.layout import SPLITS, DatasetError, list_images, load_layout, locate, resolve, write_data_yaml
@@ -242,14 +242,6 @@ class MergeResult:
     duplicates: list[str] = field(default_factory=list)
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _union(all_names: Iterable[list[str]]) -> tuple[list[str], list[dict[int, int]]]:
     names: list[str] = []
     index: dict[str, int] = {}
@@ -300,7 +292,7 @@ def merge(sources: list[Path], out: Path, link: bool = False) -> MergeResult:
         result.mapping[prefix] = mapping
         for item in items:
             shown = f"{prefix}/{_rel(item.image, root)}"
-            first = seen.setdefault(_digest(item.image), shown)
+            first = seen.setdefault(file_sha256(item.image), shown)
             if first != shown:
                 result.duplicates.append(f"{shown}: same content as {first}")
                 continue
