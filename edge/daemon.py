@@ -236,9 +236,7 @@ class Daemon:
 
     def _status_payload(self) -> dict[str, Any]:
         """The ``online`` status (published by the MQTT drain thread, the one status publisher)."""
-        body: dict[str, Any] = {
-            "site": self.cfg.site,
-            "device": self.cfg.device,
+        body: dict[str, Any] = {  # site, device, state and timestamp are the publisher's
             "model_version": self.model.version,
             "fps": round(self.fps, 2),
             "uptime_s": round(time.time() - self.started, 1),
@@ -362,6 +360,9 @@ class Daemon:
     def _after_commit(self, change: FrameCommit, alerts: list[Alert]) -> None:
         for (line, direction, product), n in change.counts.items():
             self.metrics.crossings.labels(line, product, direction).inc(n)
+        self._note_alerts(alerts)
+
+    def _note_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             log.warning("restock alert: %s %s %s", alert.kind, alert.product, alert.state)
         if alerts:
@@ -451,7 +452,7 @@ class Daemon:
             alerts = self.alerts.restocked(cmd.product, cmd.stock)
             messages = [alert_message(a, Clock(time.time())) for a in alerts] if self.publisher else []
             self._commit(FrameCommit(alert_state=self.alerts.take_changes(), messages=messages))
-            self._after_commit(FrameCommit(), alerts)
+            self._note_alerts(alerts)
             return f"{cmd.product} restocked"
         self.signals.reload = True
         return "reload scheduled"
