@@ -197,20 +197,16 @@ class StateStore:
             self.outbox.resync()
             raise
 
+    def _body(self, m: OutMessage) -> dict[str, Any]:
+        return {"timestamp": time.time(), **m.payload, **self.envelope}
+
     def _insert(self, conn: Any, m: OutMessage) -> int:
-        body = {"timestamp": time.time(), **m.payload, **self.envelope}
-        return self.outbox.insert(conn, f"{self.topic_base}/{m.kind}", body, m.retain, m.keep)
+        return self.outbox.insert(conn, f"{self.topic_base}/{m.kind}", self._body(m), m.retain, m.keep)
 
     def queue(self, message: OutMessage) -> int:
         """Queue one message in its own transaction; return its ``seq``."""
-        try:
-            with self.db.transaction() as conn:
-                seq = self._insert(conn, message)
-                self.outbox.enforce_bound(conn)
-        except BaseException:
-            self.outbox.resync()
-            raise
-        return seq
+        topic = f"{self.topic_base}/{message.kind}"
+        return self.outbox.put(topic, self._body(message), retain=message.retain, keep=message.keep)
 
     def queue_counts(self, now: float | None = None, lines: Sequence[str] = ()) -> int:
         """Take the interval and queue the ``counts`` message, in one transaction; return its ``seq``."""
