@@ -78,7 +78,7 @@ class Database:
             raise
         if verdicts != ["ok"]:
             self.conn.close()
-            raise Damaged(f"quick_check: {one_line(' '.join(verdicts))}")
+            raise Damaged(f"quick_check: {one_line(chr(10).join(verdicts))}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

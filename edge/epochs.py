@@ -66,6 +66,8 @@ class Found:
         file_state: ``"present"``, ``"empty"`` (0 bytes) or ``"missing"`` before the open.
         aside: names of damaged databases moved aside earlier.
         wal_missing: there was no ``-wal`` file before the open.
+        had_epoch: the database carried an epoch when it was opened (before this start's upgrade
+            steps, which give imported 0.1 messages one).
     """
 
     db: str
@@ -76,6 +78,7 @@ class Found:
     file_state: str
     aside: tuple[str, ...]
     wal_missing: bool
+    had_epoch: bool = True
 
 
 def begin_epoch(found: Found) -> EpochStart:
@@ -107,7 +110,7 @@ def begin_epoch(found: Found) -> EpochStart:
             epoch,
             found.last_seq,
         )
-    if not found.meta.get("clean", False) and found.wal_missing:
+    if found.had_epoch and not found.meta.get("clean", False) and found.wal_missing:
         # SQLite deletes state.db-wal on a clean close only: after a crash it is still there and
         # replays on open. Not closed cleanly and no WAL: somebody removed it, and with it everything
         # since the last checkpoint.

@@ -132,6 +132,7 @@ class StateStore:
                 conn.execute(statement)
             if "counts" in tables:
                 init_counted(conn, had_counted="counted" in tables)
+        had_epoch = bool(self.db.query("SELECT 1 FROM meta WHERE key = 'epoch'"))
         import_v1(self.db, path.parent)
         return Found(
             db=str(path),
@@ -142,6 +143,7 @@ class StateStore:
             file_state="missing" if size is None else "empty" if size == 0 else "present",
             aside=tuple(p.name for p in moved_aside(path)),
             wal_missing=wal_missing,
+            had_epoch=had_epoch,
         )
 
     def _begin(self, now: float) -> None:
