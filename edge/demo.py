@@ -177,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         last = max(counts, key=lambda m: m["seq"])
         reported = Counts.from_json(last["cumulative"]).total()
         end = time.strftime("%H:%M:%S", time.localtime(last["period_end"]))
-        print(
-            f"{len(counts)} counts messages; the last (period ending {end}) reports {reported} crossings; "
-            "the rest lie in the period still open at the stop (reported at the next start)"
-        )
+        rest = len(crossings) - reported
+        tail = f"; {rest} more in the period still open at the stop (reported at the next start)"
+        head = f"{len(counts)} counts messages; the last (period ending {end}) reports {reported}"
+        print(head + (tail if rest else ""))
     for kind, msgs in sorted(listener.messages.items()):
         if kind.startswith("alerts/"):
             for m in msgs:
