@@ -93,14 +93,18 @@ def begin_epoch(found: Found) -> EpochStart:
         evidence = _ran_before(found)
         if evidence is None:
             return EpochStart(epoch, "new", None, None)
-        what = "is empty (0 bytes)" if found.file_state == "empty" else f"was {found.file_state}"
+        what = {"empty": "is empty (0 bytes)", "missing": "was missing"}.get(
+            found.file_state, "holds no state"
+        )
         line = (
             f"{found.db}: the state database {what} although the daemon ran here before ({evidence}); "
             f"its counts and unsent messages are lost; new epoch {epoch}"
         )
         return EpochStart(epoch, "recovered", line, lost_chain)
     chain = {"epoch": str(db_epoch), "last_seq": found.last_seq}
-    if marker and db_epoch not in (marker.get("epoch"), marker.get("previous")):
+    # The marker is written after each start's commit: the database may be one start ahead of it
+    # (a crash in between), never behind it, unless it came back from a backup or a snapshot.
+    if marker and marker.get("epoch") not in (db_epoch, found.meta.get("previous_epoch")):
         log.warning(
             "%s carries epoch %s but the last run here was epoch %s: restored from a backup or "
             "snapshot? Continuing from it in a new epoch %s (seq continues after %d)",

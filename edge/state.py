@@ -101,13 +101,11 @@ class StateStore:
         try:
             found = self._open(path)
             self.start: EpochStart = begin_epoch(found)
-            # The marker first: if the commit below never happens, the database still carries the
-            # epoch the marker calls "previous", and nothing was published in the new one.
-            prev = self.start.previous["epoch"] if self.start.previous else None
-            marker = {"epoch": self.start.epoch, "previous": prev, "started": time.time()}
-            fsync_write(path.with_suffix(".epoch"), json.dumps(marker) + "\n")
             self.outbox = Outbox(self.db, max_messages, epoch=self.start.epoch)
             self._begin(time.time() if now is None else now)
+            # The marker only once the epoch is committed: a marker means "state was kept here".
+            marker = {"epoch": self.start.epoch, "started": time.time()}
+            fsync_write(path.with_suffix(".epoch"), json.dumps(marker) + "\n")
         except BaseException:
             if hasattr(self, "db"):
                 self.db.close()
@@ -150,7 +148,8 @@ class StateStore:
         """Commit the new epoch (and its first message), and mark the database as not closed cleanly."""
         try:
             with self.db.transaction() as conn:
-                meta = {"epoch": self.start.epoch, "clean": False}
+                previous = self.start.previous["epoch"] if self.start.previous else None
+                meta = {"epoch": self.start.epoch, "previous_epoch": previous, "clean": False}
                 if self._get(conn, "interval_start") is None:
                     meta["interval_start"] = now
                 self._put(conn, **meta)

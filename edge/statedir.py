@@ -3,10 +3,10 @@
 * ``state.lock``: one daemon per state directory. An exclusive ``flock`` held for the life of the
   :class:`~edge.state.StateStore`; the kernel releases it when the process dies, however it dies.
   The holder's PID is written into it so a second daemon can say who holds it.
-* ``state.epoch``: the marker. The current epoch and the one before it, written (and synced) before
-  an epoch's first message is committed. It is outside the database on purpose: when ``state.db``
-  is lost (deleted, 0 bytes, moved aside) the marker still says that the daemon ran here, and which
-  epoch the lost database carried.
+* ``state.epoch``: the marker. The last epoch committed here, written (and synced) after each
+  start's epoch has committed. It is outside the database on purpose: when ``state.db`` is lost
+  (deleted, 0 bytes, replaced, moved aside) the marker still says that state was kept here, and
+  which epoch the lost database carried.
 * ``state.db.damaged-<time>[-n]``: a damaged database moved aside; a name is never reused.
 """
 

@@ -9,7 +9,8 @@ and restart that the invariants hold:
 * an alert whose state is ``raised`` has its ``raised`` message queued;
 * the periods are contiguous, every crossing's timestamp lies in the period that reports it, and
   ``counted`` grows by exactly each period's ``interval`` (PROTOCOL.md 3 and 4);
-* every epoch's first message is its ``epoch`` message.
+* every epoch's first message is its ``epoch`` message, and none says ``recovered`` (a kill loses
+  nothing, so no start may announce a loss).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def check_invariants(path: Path) -> int:
             previous, unreported = body, []
         elif "/alerts/" in topic:
             last_alert[topic] = body["state"]
+        elif topic.endswith("/epoch"):  # a kill with the WAL intact loses nothing: never "recovered"
+            assert body["state"] in ("new", "continued"), body
     assert set(first_of_epoch.values()) <= {"epoch"}, (
         f"an epoch began without its epoch message: {first_of_epoch}"
     )

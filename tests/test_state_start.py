@@ -169,6 +169,31 @@ def test_a_lost_database_where_the_daemon_ran_before_is_announced_like_damage(tm
         assert opening["previous"] == {"epoch": epoch, "last_seq": None}
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (make test installs it)")
+@pytest.mark.parametrize("start", ["first start", "second start"])
+def test_a_start_killed_while_writing_the_marker_never_announces_a_loss(tmp_path, start):
+    # The marker's folder fsync is the last step of a start (os.fsync; SQLite itself uses fdatasync).
+    path = tmp_path / "state.db"
+    if start == "second start":
+        work(path, run=1)
+    code = f"from edge.state import StateStore\nStateStore({str(path)!r})"
+    inject = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=fsync",
+        "-e",
+        "inject=fsync:signal=SIGKILL",
+    ]
+    killed = subprocess.run([*inject, sys.executable, "-c", code], capture_output=True, timeout=60, cwd=ROOT)
+    assert killed.returncode != 0, "the marker's fsync was not reached"
+    with StateStore(path) as state:
+        assert state.recovered is None and state.start.state == "continued"
+
+
 def test_a_first_start_is_new_and_says_nothing(tmp_path, caplog):
     with caplog.at_level(logging.ERROR), StateStore(tmp_path / "state.db", envelope=ENVELOPE) as state:
         assert state.recovered is None and state.start.state == "new"
