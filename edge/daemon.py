@@ -418,11 +418,11 @@ class Daemon:
         frames = max(self._resume_at, self._last_index + 1)
         self._commit(FrameCommit(progress=Progress(self._recording, frames, finished=self._finished)))
 
-    def _roll(self, wall: float) -> None:
+    def _roll(self, wall: float, stop: bool = False) -> None:
         """Close the counts periods due at ``wall``; with MQTT off they roll without a message."""
         lines = [line.name for line in self.cfg.counting.lines]
         try:
-            self._boundary = self.state.roll(wall, self.cfg.mqtt.publish_period_s, lines)
+            self._boundary = self.state.roll(wall, self.cfg.mqtt.publish_period_s, lines, stop=stop)
         except sqlite3.Error as exc:
             raise FatalError(f"cannot write the state database ({exc})") from None
         if self.publisher is not None:
@@ -513,8 +513,8 @@ class Daemon:
 
     def _stop_publisher(self) -> None:
         assert self.publisher is not None
-        # No counts message here: the current period has not ended. Its crossings wait in the
-        # state and are reported at the next start, in the period ending at its boundary.
+        if self.exit_code == 0:  # a clean stop reports the open period, ending now (PROTOCOL: stop)
+            self._roll(time.time(), stop=True)
         self.publisher.stop(timeout=10.0, reason=self.offline_reason)
 
     def _write_counts_out(self) -> None:

@@ -244,17 +244,20 @@ class StateStore:
 
     # --- counting periods ------------------------------------------------------------------------
 
-    def roll(self, now: float, period_s: float, lines: Sequence[str] = ()) -> float:
+    def roll(self, now: float, period_s: float, lines: Sequence[str] = (), stop: bool = False) -> float:
         """Close the periods due at ``now`` (:func:`~edge.periods.periods_due`); return the next boundary.
 
         In one transaction: the counts messages (unless ``publish`` is off: MQTT off), the interval
-        taken, the next interval's start and end.
+        taken, the next interval's start and end. ``stop`` (a clean stop) also ends the open period at
+        ``now``, so a finished recording is reported whole; the next run's period starts there.
 
         Raises:
             sqlite3.Error: the write failed; nothing was taken or queued.
         """
         with self.db.lock:
             start, end, pinned = self._period(period_s)
+            if stop and start < now < end:
+                end = now
             due = periods_due(start, end, now, period_s)
             if not due and pinned:
                 return end
