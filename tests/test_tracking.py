@@ -216,7 +216,9 @@ def test_lean_objects_match_stock_norfair() -> None:
 # --- fast belts: products moving 10-30 px per frame (issue "counts that hold, part 2") -------------
 
 
-def _run(xs: Sequence[float | None], size: float = 60.0, seed: int = 0) -> tuple[list[tuple[int, str]], set[int]]:
+def _run(
+    xs: Sequence[float | None], size: float = 60.0, seed: int = 0
+) -> tuple[list[tuple[int, str]], set[int]]:
     """One product whose box centre is at ``xs[f]`` (None: not detected) → crossings of x = 320, ids."""
     rng = np.random.default_rng(seed)
     tracker = ProductTracker(TrackingConfig())
