@@ -19,7 +19,7 @@ help:
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
 	@echo "make bench-export  FP32 vs INT8 ONNX: latency, mAP50-95 on val, daemon fps, with ratios"
-	@echo "make bench-counting  counting accuracy on a noisy scene bank: lanecount vs supervision vs trackers"
+	@echo "make bench-counting  counting accuracy: synthetic, fast-belt and real banks; lanecount vs public trackers"
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
@@ -111,11 +111,13 @@ bench-export: venv
 	$(PY) -m export.bench --fp32 bench-out/export/demo.onnx --int8 bench-out/export/demo.int8.onnx \
 		--data bench-out/export-data/data.yaml --video bench-out/video
 
-# Roboflow's trackers needs numpy >= 2 (Norfair: < 2), so it lives in a venv of its own.
+# Roboflow's trackers and boxmot need numpy >= 2 (Norfair: < 2), so they live in a venv of their own;
+# boxmot (OC-SORT, Hybrid-SORT) also needs torch, pinned like `make venv` (from this machine's disk).
 BENCH_VENV ?= .venv-bench
 $(BENCH_VENV)/.installed:
 	python3 -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q 'trackers==2.6.1'
+	$(BENCH_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BENCH_VENV)/bin/pip install -q 'trackers==2.6.1' 'boxmot==21.0.0'
 	touch $@
 
 bench-counting: venv $(BENCH_VENV)/.installed

@@ -138,8 +138,8 @@ class TrackingConfig(_Model):
     distance: Literal["iou", "euclidean"] = Field(
         "iou", description="iou: 1 - IoU of boxes; euclidean: centre distance in px"
     )
-    distance_threshold: float = Field(0.7, gt=0, description="largest distance that still matches (iou: < 1)")
-    hit_counter_max: int = Field(15, ge=1, description="frames a track survives without a detection")
+    distance_threshold: float = Field(0.8, gt=0, description="largest distance that still matches (iou: < 1)")
+    hit_counter_max: int = Field(15, ge=1, description="frames a confirmed track lives without a detection")
     initialization_delay: int = Field(3, ge=0, description="detections needed before a track is confirmed")
     past_detections_length: int = Field(4, ge=0, description="past detections kept per track (re-id)")
     class_vote_window: int = Field(100, ge=1, description="detections in a track's majority class vote")

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.countbench import PlainCounter, external_bytetrack, lanecount_events, plain_events, score_bank
+from edge.config import LineConfig
+from train.countbench import PlainCounter, external_tracks, lanecount_events, plain_events, score_bank
 from train.countscore import CountEvent, Score, match_events, score_events
-from train.scenebank import NoiseModel, _visible_box, bank, make_scene
+from train.realbank import DATA_DIR, BankError, load_bank, read_crossings, read_detections
+from train.scenebank import NoiseModel, _visible_box, bank, make_scene, preset
 from train.synth import paste, render_product, transform
 
 BASELINE = Path(__file__).parent / "data" / "countbench_baseline.json"
@@ -135,6 +137,8 @@ def _scores() -> dict[str, Score]:
     return {
         "bank": score_bank(bank(0, 6), lanecount_events),
         "hard": score_bank(bank(0, 6, noise=NoiseModel.hard()), lanecount_events),
+        "fast": score_bank(preset("fast", 0, 6), lanecount_events),
+        "real": score_bank(load_bank(), lanecount_events),
     }
 
 
@@ -149,7 +153,7 @@ def test_lanecount_count_error_stays_within_the_stored_baseline() -> None:
         assert score.true == want["true"], f"{name}: the bank itself changed"
         assert score.count_diff <= want["count_diff"], f"{name}: {score.summary()}; baseline {want}"
         assert score.event_errors <= want["event_errors"], f"{name}: {score.summary()}; baseline {want}"
-        assert score.count_error <= {"bank": 0.01, "hard": 0.02}[name]
+        assert score.count_error <= {"bank": 0.01, "hard": 0.02, "fast": 0.2, "real": 0.6}[name]
 
 
 def test_lanecount_beats_supervision_on_the_bank() -> None:
@@ -168,10 +172,11 @@ def test_lanecount_beats_supervision_on_the_bank() -> None:
     not BENCH_PYTHON.exists() or shutil.which(str(BENCH_PYTHON)) is None,
     reason="no .venv-bench with Roboflow's trackers (numpy >= 2): make bench-counting creates it",
 )
-def test_lanecount_beats_trackers_bytetrack_with_a_plain_counter() -> None:
-    scenes = bank(0, 12, noise=NoiseModel.hard())
+@pytest.mark.parametrize("tracker", ["bytetrack", "hybridsort"])
+def test_lanecount_beats_public_trackers_on_the_fast_belt(tracker: str) -> None:
+    scenes = preset("fast", 0, 6)
     ours = score_bank(scenes, lanecount_events)
-    tracks = external_bytetrack(scenes, str(BENCH_PYTHON))
+    tracks = external_tracks(scenes, str(BENCH_PYTHON), tracker)
     theirs = sum(
         (score_events(plain_events(s, r), s.truth, 40) for s, r in zip(scenes, tracks, strict=True)), Score()
     )
@@ -179,11 +184,81 @@ def test_lanecount_beats_trackers_bytetrack_with_a_plain_counter() -> None:
 
 
 def test_plain_counter_counts_with_hysteresis_and_a_vote() -> None:
-    counter = PlainCounter("lane", (320.0, 480.0), (320.0, 0.0), hysteresis_px=6)
+    line = LineConfig(name="lane", start=(320, 480), end=(320, 0))
+    counter = PlainCounter([line], hysteresis_px=6)
     got = []
     for f, (x, cls) in enumerate([(300, 2), (316, 1), (324, 1), (330, 2), (340, 2), (316, 2), (300, 2)]):
         got += counter.update(f, [7], np.array([[x - 5, 10, x + 5, 20]], float), [cls])
     assert got == [CountEvent(3, "lane", "in", 2), CountEvent(6, "lane", "out", 2)]
+
+
+def test_plain_counter_tests_the_segment() -> None:
+    """A pass beside a short segment does not count, as in lanecount's counter."""
+    line = LineConfig(name="lane", start=(320, 100), end=(320, 0))
+    counter = PlainCounter([line], hysteresis_px=6)
+    got = []
+    for f, x in enumerate([300, 340]):  # anchor at y = 200: below the segment's end
+        got += counter.update(f, [1], np.array([[x - 5, 190, x + 5, 200]], float), [0])
+    assert got == []
+
+
+# --- the fast-belt preset ---------------------------------------------------------------------------
+
+
+def test_the_fast_preset_is_what_the_issue_describes() -> None:
+    scenes = preset("fast", 0, 3, seconds=30)
+    assert all(s.fps == 7.5 for s in scenes)
+    true = sum(int((o >= 0).sum()) for s in scenes for o in s.origins)
+    false = sum(int((o < 0).sum()) for s in scenes for o in s.origins)
+    boxes = sum(s.true_boxes for s in scenes)
+    assert 0.10 < false / boxes < 0.13  # about 10 % false boxes (they last 1 to 3 frames)
+    assert 0.75 < true / boxes < 0.86  # 12 % dropped, and the hand and gaps of 6 to 15 frames
+    steps = []
+    for s in scenes:  # the true products' speed between frames: 10 to 30 px
+        for f in range(1, len(s.detections)):
+            a, b = s.detections[f - 1], s.detections[f]
+            for k in set(s.origins[f - 1].tolist()) & set(s.origins[f].tolist()) - {-1}:
+                xa = a.xyxy[s.origins[f - 1] == k][0]
+                xb = b.xyxy[s.origins[f] == k][0]
+                steps.append(abs((xb[0] + xb[2]) / 2 - (xa[0] + xa[2]) / 2))
+    assert 8 < float(np.median(steps)) < 32
+    assert preset("fast", 0, 1, seconds=10)[0].truth != preset("bank", 0, 1, seconds=10)[0].truth
+
+
+# --- the real-footage bank (committed detections and hand-verified crossings) ------------------------
+
+
+def test_the_real_bank_loads_from_the_committed_files() -> None:
+    scenes = {s.name: s for s in load_bank()}
+    assert set(scenes) == {"market_street", "bikes", "puck"}
+    street = scenes["market_street"]
+    assert street.frames == 1799 and street.size == (640, 360) and len(street.truth) == 53
+    assert {line.name for line in street.lines} == {"left", "left2", "centre", "right2", "right", "near"}
+    assert sum(len(d) for d in street.detections) > 10000  # people, carriages, cars at conf >= 0.25
+    assert {street.names[e.class_id] for e in street.truth} == {"person", "bicycle", "car"}
+    assert [e.frame for e in scenes["puck"].truth] == [17, 23]
+    assert sum(len(s.truth) for s in scenes.values()) == 56
+
+
+def test_lanecount_counts_the_puck_on_the_real_bank() -> None:
+    (puck,) = load_bank(names=["puck"])
+    s = score_bank([puck], lanecount_events)
+    assert (s.matched, s.missed, s.extra) == (2, 0, 0)
+
+
+def test_bad_bank_files_get_one_line_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "crossings.csv"
+    bad.write_text("video,line,frame,direction,class,object,note\nputt,a,3,sideways,clock,x,\n")
+    with pytest.raises(BankError, match=r"crossings.csv:2: direction must be 'in' or 'out'"):
+        read_crossings(bad)
+    dets = tmp_path / "x.det.txt.gz"
+    import gzip
+
+    with gzip.open(dets, "wt") as f:
+        f.write("5,-1,1,2,3,4,0.9,0\n")
+    with pytest.raises(BankError, match=r"frame 5 outside 1\.\.3"):
+        read_detections(dets, 3)
+    assert len(read_crossings(DATA_DIR / "crossings.csv")) == 56
 
 
 if __name__ == "__main__":
