@@ -67,6 +67,7 @@ def fail(message: str) -> None:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("backoffice.collector.paho").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _engine(db: str | None, writer: bool = False) -> Engine:
@@ -133,7 +134,7 @@ def collect(
     broker: Annotated[str, typer.Option("--broker", envvar="LANECOUNT_BACKOFFICE_BROKER", help="mqtt://[user@]HOST[:PORT] or mqtts://...")],
     db: DbOpt = None,
     prefix: Annotated[str, typer.Option(help="topic prefix of the devices")] = "lanecount",
-    group: Annotated[str, typer.Option(help="shared-subscription group: collectors of one group split the load")] = "lanecount-backoffice",
+    group: Annotated[str, typer.Option(help="shared-subscription group: collectors of one group split the load ('' : plain subscriptions, one collector)")] = "lanecount-backoffice",
     client_id: Annotated[str | None, typer.Option(help="MQTT client id (stable: it names the persistent session) [default: lanecount-backoffice-HOSTNAME]")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10000, help="messages per transaction at most")] = 500,
     batch_ms: Annotated[float, typer.Option(min=1, max=10000, help="longest wait (ms) to fill a batch")] = 100.0,
@@ -157,19 +158,19 @@ def collect(
         fail(str(exc))
     password = _read_password(password_file)
     engine = _engine(db, writer=True)
+    cfg = CollectorConfig(broker=url, prefix=prefix.strip("/"), group=group, batch_size=batch_size, batch_ms=batch_ms,
+                          keep_days=keep_days, max_bytes=max_bytes, session_expiry_s=session_expiry_s, stats_out=stats_out)
+    if client_id:
+        cfg.client_id = client_id
+    collector = Collector(cfg, Ingest(engine), password)
+    collector.install_signals()  # a SIGTERM during the migration below ends the run cleanly
     try:
         before, after = migrate(engine)
     except SQLAlchemyError as exc:
         fail(f"cannot open {describe(normalise_url(db))}: {_short(exc)}")
     if before != after:
         log.info("database %s migrated %s -> %s", describe(normalise_url(db)), before or "empty", after)
-    cfg = CollectorConfig(broker=url, prefix=prefix.strip("/"), group=group, batch_size=batch_size, batch_ms=batch_ms,
-                          keep_days=keep_days, max_bytes=max_bytes, session_expiry_s=session_expiry_s, stats_out=stats_out)
-    if client_id:
-        cfg.client_id = client_id
     log.info("lanecount-backoffice %s: %s -> %s", __version__, broker, describe(normalise_url(db)))
-    collector = Collector(cfg, Ingest(engine), password)
-    collector.install_signals()
     raise typer.Exit(collector.run())
 
 

@@ -197,7 +197,10 @@ class Collector:
         )
         client.enable_logger(log.getChild("paho"))
         client.suppress_exceptions = True
-        client.reconnect_delay_set(1, 30)
+        # Back quickly after a broker restart: Mosquitto 2.0.11 forgets shared subscriptions across a
+        # restart (plain ones it restores), so until we subscribe again messages for the group reach
+        # no one. Devices and store bridges reconnect after >= 1 s; we try every 0.2 s at first.
+        client.reconnect_delay_set(0.2, 10)
         if self.cfg.broker.username:
             client.username_pw_set(self.cfg.broker.username, password)
         if self.cfg.broker.tls:
@@ -205,6 +208,7 @@ class Collector:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _connect_properties(self) -> Properties:
@@ -232,6 +236,13 @@ class Collector:
             self.cfg.group,
         )
         self._connected.set()
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("the broker refused subscriptions: %s", ", ".join(failed))
+        else:
+            log.info("subscribed to %d topic filters", len(reasons))
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         with self._ack_lock:

@@ -219,6 +219,7 @@ class EpochState:
     pruned_seq: int = 0
     tail_seq: int | None = None
     tail_end: float | None = None
+    counted_start: dict[Key, int] | None = None  # the epoch message's `counted` (None: not arrived)
     announced: Any = None  # the epoch message that arrived in this batch
     dirty: set[str] = field(default_factory=set)
 
@@ -244,11 +245,27 @@ class EpochState:
         """Continues the parent's database seamlessly: its first counts chain to the parent's."""
         return self.state == "continued" and self.parent_id is not None and not self.is_break
 
+    @property
+    def fresh_db(self) -> bool:
+        """The epoch began on an empty database (nothing counted before it: nothing to replay)."""
+        return self.state is not None and self.counted_start == {}
+
     def is_replay(self, p: Period) -> bool:
         """A break's carried-over period or catch-up: counted by the parent already (or lost)."""
-        if not self.is_break:
+        if not self.is_break or self.fresh_db:
             return False
         return (self.started is not None and p.end <= self.started) or p.start == self.interval_start
+
+    def virtual_start(self) -> Period | None:
+        """The epoch message as the chain's start when no earlier counts message is known.
+
+        On an empty database it is exact (counted was zero at ``interval_start``); otherwise it only
+        says where the epoch's periods began (what came before is unknown).
+        """
+        if self.state is None or self.interval_start is None or (self.is_break and not self.fresh_db):
+            return None
+        counted = {} if self.fresh_db else None
+        return Period(self.id, 0, self.device_id, self.interval_start, self.interval_start, {}, counted)
 
     def set(self, **values: Any) -> None:
         """Change fields and remember them for the write-back."""
@@ -314,7 +331,7 @@ class Settler:
             p.gap_start = pred.end
             missing = _missing(pred, p)
             if missing is None:
-                unknown = p.start != pred.end
+                unknown = p.start > pred.end
             elif missing:
                 exact, rest = attribute(missing, pred.end, p.start, self.events(p.device_id, path, pred.end, p.start))
         own, own_rest = attribute(p.interval, p.start, p.end, self.events(p.device_id, path, p.start, p.end))
@@ -334,7 +351,10 @@ class Settler:
             ep.set(tail_seq=p.seq, tail_end=p.end)
 
     def predecessor(self, p: Period, ep: EpochState) -> tuple[Period | None, list[int]]:
-        """The counts message before ``p`` on the same database, and the epochs walked to find it."""
+        """The counts message before ``p`` on the same database, and the epochs walked to find it.
+
+        Without one, the start of the chain's first epoch (:meth:`EpochState.virtual_start`), if known.
+        """
         path = [ep.id]
         below, cur = p.seq, ep
         for _ in range(_MAX_HOPS):
@@ -347,7 +367,7 @@ class Settler:
             if row is not None:
                 return Period.from_row(row), path
             if not cur.linked or cur.parent_id is None or cur.prev_last_seq is None:
-                return None, path
+                return cur.virtual_start(), path
             below = cur.prev_last_seq + 1
             cur = self.epoch(cur.parent_id)
             path.append(cur.id)
@@ -435,9 +455,12 @@ class Settler:
             replay_end = self.conn.execute(
                 select(cp.period_end).where(cp.epoch_id == ep.id, cp.role == "replay").order_by(cp.period_end.desc()).limit(1)
             ).scalar()
-            end = max(x for x in (ep.started, replay_end, ep.interval_start) if x is not None) if (
-                ep.started is not None or replay_end is not None or ep.interval_start is not None
-            ) else None
+            # Up to the epoch's start, its replays, and (when its first periods were lost too) its first
+            # counted period: what lies before cannot be proven.
+            ends = [ep.started, replay_end, ep.interval_start]
+            if first is not None and not ep.fresh_db:
+                ends.append(float(first.period_start))
+            end = max((x for x in ends if x is not None), default=None)
             if end is not None:
                 start = self._covered_until(ep, end)
                 if start is None:
@@ -546,6 +569,7 @@ def load_epochs(conn: Connection, ids: Iterable[int]) -> dict[int, EpochState]:
             pruned_seq=int(r.pruned_seq),
             tail_seq=r.tail_seq,
             tail_end=r.tail_end,
+            counted_start=None if r.counted is None else flat(json.loads(r.counted)),
         )
     parents = {(s.device_id, s.prev_epoch): s for s in out.values() if s.prev_epoch}
     if parents:

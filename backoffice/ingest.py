@@ -225,8 +225,8 @@ class _Batch:
     def _conflict(self, key: Key, m: Message) -> None:
         digest = hashlib.sha256(m.text.encode()).hexdigest()
         row = {"epoch_id": key[0], "seq": key[1], "received": m.received, "topic": m.topic, "payload": m.text, "digest": digest}
-        res = self.conn.execute(_insert(self.conn, t.conflicts).on_conflict_do_nothing(), [row])
-        if res.rowcount:
+        stmt = _insert(self.conn, t.conflicts).on_conflict_do_nothing().returning(t.conflicts.c.id)
+        if self.conn.execute(stmt, row).first() is not None:
             self.out.conflicts += 1
             self.out.conflict_lines.append(
                 f"conflict: {m.site}/{m.device} epoch {m.epoch} seq {m.seq} arrived again with another payload "
@@ -281,6 +281,7 @@ class _Batch:
                 prev_epoch=prev.get("epoch"),
                 prev_last_seq=prev.get("last_seq"),
             )
+            ep.counted_start = flat(m.body.get("counted"))
             ep.announced = m
             ep.dirty.add("announced")
             if prev.get("epoch"):

@@ -123,14 +123,15 @@ def _validator(kind: str) -> Any:
 
 
 def subscriptions(prefix: str, group: str) -> tuple[list[str], list[str]]:
-    """The collector's topic filters: (shared, plain).
+    """The collector's topic filters: (shared, plain); an empty ``group`` shares nothing.
 
     Counts, crossings, epoch messages and command results go to ONE collector of the group
     (``$share/<group>/...``). Status and alerts are retained and low-rate: every collector subscribes
     to them plainly, so that it also receives the retained state when it subscribes (shared
     subscriptions never get retained messages); duplicates are free (idempotent by key or by time).
     """
-    shared = [f"$share/{group}/{prefix}/+/+/{KINDS[k][1]}" for k in ("counts", "crossing", "epoch", "cmd_result")]
+    share = f"$share/{group}/" if group else ""  # no group: one collector, plain subscriptions
+    shared = [f"{share}{prefix}/+/+/{KINDS[k][1]}" for k in ("counts", "crossing", "epoch", "cmd_result")]
     plain = [f"{prefix}/+/+/status", f"{prefix}/+/+/alerts/#"]
     return shared, plain
 

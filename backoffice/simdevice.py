@@ -256,7 +256,9 @@ class Fleet:
     acknowledged everything (or raises after ``timeout``).
     """
 
-    def __init__(self, host: str, port: int, client_id: str = "lanecount-sim", max_inflight: int = 1000) -> None:
+    def __init__(
+        self, host: str, port: int, client_id: str = "lanecount-sim", max_inflight: int = 1000, reconnect_s: float = 1.0
+    ) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -267,21 +269,36 @@ class Fleet:
         self._connected = threading.Event()
         self.client.on_connect = lambda c, u, f, rc, p: self._connected.set()
         self.client.on_disconnect = lambda c, u, f, rc, p: self._connected.clear()
-        self.client.reconnect_delay_set(0.1, 1)
+        self.client.reconnect_delay_set(reconnect_s, 5)  # default: the edge daemon's first reconnect delay
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
         if not self._connected.wait(10):
             raise RuntimeError(f"simulated devices could not connect to {host}:{port}")
 
     def publish(self, messages: Iterable[Outgoing], timeout: float = 60.0) -> int:
-        """Publish and wait for every PUBACK (paho re-sends what was in flight after a reconnect)."""
-        infos = [self.client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in messages]
+        """Publish and wait for every PUBACK; what the connection lost is sent again (at least once,
+        like a device's outbox: the collector sees the duplicates)."""
+        pending = list(messages)
+        total = len(pending)
         deadline = time.monotonic() + timeout
-        for info in infos:
-            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
-            if not info.is_published():
+        while pending:
+            if not self._connected.wait(max(0.01, deadline - time.monotonic())):
+                raise TimeoutError("the simulated devices lost the broker")
+            infos = [(m, self.client.publish(m.topic, m.payload, qos=1, retain=m.retain)) for m in pending]
+            pending = []
+            for m, info in infos:
+                try:
+                    info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+                    ok = info.is_published()
+                except (RuntimeError, ValueError):
+                    ok = False
+                if not ok:
+                    pending.append(m)
+            if pending and time.monotonic() >= deadline:
                 raise TimeoutError("the broker did not acknowledge the simulated devices' messages")
-        return len(infos)
+            if pending:
+                time.sleep(0.1)
+        return total
 
     def raw(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish anything (malformed messages for the fuzz test) and wait for its PUBACK."""
