@@ -156,7 +156,9 @@ class Period:
             "period_start": self.start,
             "period_end": self.end,
             "interval": json.dumps(nest(self.interval), separators=(",", ":")),
-            "counted": None if self.counted is None else json.dumps(nest(self.counted), separators=(",", ":")),
+            "counted": None
+            if self.counted is None
+            else json.dumps(nest(self.counted), separators=(",", ":")),
             **self.settled(),
         }
 
@@ -264,7 +266,7 @@ class EpochState:
         """
         if self.state is None or self.interval_start is None or (self.is_break and not self.fresh_db):
             return None
-        counted = {} if self.fresh_db else None
+        counted: dict[Key, int] | None = {} if self.fresh_db else None
         return Period(self.id, 0, self.device_id, self.interval_start, self.interval_start, {}, counted)
 
     def set(self, **values: Any) -> None:
@@ -333,7 +335,9 @@ class Settler:
             if missing is None:
                 unknown = p.start > pred.end
             elif missing:
-                exact, rest = attribute(missing, pred.end, p.start, self.events(p.device_id, path, pred.end, p.start))
+                exact, rest = attribute(
+                    missing, pred.end, p.start, self.events(p.device_id, path, pred.end, p.start)
+                )
         own, own_rest = attribute(p.interval, p.start, p.end, self.events(p.device_id, path, p.start, p.end))
         for k, n in own.items():
             exact[k] = exact.get(k, 0) + n
@@ -397,7 +401,9 @@ class Settler:
         ).first()
         return None if row is None else Period.from_row(row)
 
-    def events(self, device_id: int, epoch_ids: list[int], start: float, end: float) -> list[tuple[float, Key]]:
+    def events(
+        self, device_id: int, epoch_ids: list[int], start: float, end: float
+    ) -> list[tuple[float, Key]]:
         """Crossing events of these epochs in ``[start, end)``; none needed inside one hour."""
         if end <= hour_of(start) + HOUR:
             return []
@@ -413,7 +419,9 @@ class Settler:
         """Write ``p``'s settlement back."""
         cp = t.counts_periods.c
         self.conn.execute(
-            t.counts_periods.update().where(and_(cp.epoch_id == p.epoch_id, cp.seq == p.seq)).values(**p.settled())
+            t.counts_periods.update()
+            .where(and_(cp.epoch_id == p.epoch_id, cp.seq == p.seq))
+            .values(**p.settled())
         )
 
     def resettle(self, p: Period) -> None:
@@ -432,7 +440,9 @@ class Settler:
     def resettle_start(self, ep: EpochState) -> None:
         """After an epoch's link changed: settle its first periods again (replays, the chain's start)."""
         cp = t.counts_periods.c
-        rows = self.conn.execute(select(t.counts_periods).where(cp.epoch_id == ep.id).order_by(cp.seq).limit(64)).all()
+        rows = self.conn.execute(
+            select(t.counts_periods).where(cp.epoch_id == ep.id).order_by(cp.seq).limit(64)
+        ).all()
         for r in rows:
             p = Period.from_row(r)
             replay_before = p.role == "replay"
@@ -453,7 +463,10 @@ class Settler:
         span: tuple[float, float, str] | None = None
         if ep.is_break:
             replay_end = self.conn.execute(
-                select(cp.period_end).where(cp.epoch_id == ep.id, cp.role == "replay").order_by(cp.period_end.desc()).limit(1)
+                select(cp.period_end)
+                .where(cp.epoch_id == ep.id, cp.role == "replay")
+                .order_by(cp.period_end.desc())
+                .limit(1)
             ).scalar()
             # Up to the epoch's start, its replays, and (when its first periods were lost too) its first
             # counted period: what lies before cannot be proven.
@@ -476,7 +489,7 @@ class Settler:
         self._write_span(ep, span)
 
     def _covered_until(self, ep: EpochState, end: float, overlap: float | None = None) -> float | None:
-        """Where the earlier coverage of this device stops: the parent's last period, else any other epoch's."""
+        """Where the device's earlier coverage stops: the parent's last period, else any other epoch's."""
         cp = t.counts_periods.c
         q = select(cp.period_end).where(cp.role == "counted").order_by(cp.period_end.desc()).limit(1)
         if ep.parent_id is not None:
@@ -488,7 +501,12 @@ class Settler:
         return None if value is None else float(value)
 
     def _write_span(self, ep: EpochState, span: tuple[float, float, str] | None) -> None:
-        values: dict[str, Any] = {"span_start": None, "span_end": None, "span_reason": None, "span_lower": None}
+        values: dict[str, Any] = {
+            "span_start": None,
+            "span_end": None,
+            "span_reason": None,
+            "span_lower": None,
+        }
         if span is not None:
             start, end, reason = span
             c = t.crossings.c
@@ -533,7 +551,9 @@ def _break_reason(ep: EpochState) -> str:
         )
     if ep.state == "recovered":
         return f"epoch {ep.epoch} started on a recovered state: counts since the last report are unknown"
-    return f"epoch {ep.epoch} does not know the last seq of {ep.prev_epoch}: counts before its start are unknown"
+    return (
+        f"epoch {ep.epoch} does not know the last seq of {ep.prev_epoch}: counts before its start are unknown"
+    )
 
 
 def _root_reason(ep: EpochState, overlap: bool) -> str:

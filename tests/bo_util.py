@@ -6,6 +6,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 
@@ -19,7 +20,9 @@ HOUR = 3600
 T0 = 1_765_000_800.0 - (1_765_000_800.0 % HOUR)  # an hour start (2025-12-06 06:00 UTC)
 
 
-def feed(ingest: Ingest, messages: Iterable[Outgoing], batch: int = 200, prefix: str = "lanecount") -> Outcome:
+def feed(
+    ingest: Ingest, messages: Iterable[Outgoing], batch: int = 200, prefix: str = "lanecount"
+) -> Outcome:
     """Parse and store messages in batches; return the summed outcome."""
     total = Outcome()
     parsed = [parse(m.topic, m.payload, time.time(), prefix) for m in messages]
@@ -31,7 +34,9 @@ def feed(ingest: Ingest, messages: Iterable[Outgoing], batch: int = 200, prefix:
     return total
 
 
-def hourly(engine: Engine, site: str, device: str, since: float = 0.0, until: float = 4e9) -> tuple[Counter, list]:
+def hourly(
+    engine: Engine, site: str, device: str, since: float = 0.0, until: float = 4e9
+) -> tuple[Counter, list]:
     """(Counter of (hour, line, direction, class) -> n, spans) as the query function returns them."""
     with engine.connect() as conn:
         res = queries.counts(conn, site=site, device=device, since=since, until=until)
@@ -115,10 +120,25 @@ BROKER_EXTRA = ["max_queued_messages 0", "max_queued_bytes 0"]
 class CollectorProc:
     """``lanecount-backoffice collect`` as a child process (``python -m backoffice``)."""
 
-    def __init__(self, broker, db: str, log: Path, client_id: str = "bo-test", *args: str, env: dict | None = None) -> None:
+    def __init__(
+        self, broker: Any, db: str, log: Path, client_id: str = "bo-test", *args: str, env: dict | None = None
+    ) -> None:
         self.cmd = [
-            sys.executable, "-m", "backoffice", "collect", "--broker", f"mqtt://127.0.0.1:{broker.port}",
-            "--db", db, "--client-id", client_id, "--batch-ms", "50", "--log-level", "INFO", *args,
+            sys.executable,
+            "-m",
+            "backoffice",
+            "collect",
+            "--broker",
+            f"mqtt://127.0.0.1:{broker.port}",
+            "--db",
+            db,
+            "--client-id",
+            client_id,
+            "--batch-ms",
+            "50",
+            "--log-level",
+            "INFO",
+            *args,
         ]
         self.log = log
         self.env = {**os.environ, **(env or {})}
@@ -128,7 +148,9 @@ class CollectorProc:
     def start(self, env: dict | None = None) -> CollectorProc:
         self._offset = len(self.text())
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=out, cwd=ROOT, env={**self.env, **(env or {})})
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=out, stderr=out, cwd=ROOT, env={**self.env, **(env or {})}
+        )
         out.close()
         return self
 

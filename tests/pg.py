@@ -7,6 +7,7 @@ runs as the ``postgres`` OS user (PostgreSQL refuses to run as root). Debian's b
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -47,12 +48,15 @@ class PgCluster:
         conf = self.data / "postgresql.conf"
         with conf.open("a") as f:
             f.write(
-                f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.sock}'\n"
+                f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.sock}'\n"
                 "fsync = on\nshared_buffers = 64MB\nmax_connections = 40\n"
             )
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self._as, str(self.bindir / tool), *args], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*self._as, str(self.bindir / tool), *args], check=True, capture_output=True, timeout=120
+        )
 
     def start(self) -> None:
         """Start (again, same port) and wait until it accepts connections."""
@@ -80,8 +84,6 @@ class PgCluster:
 
     def close(self) -> None:
         """Stop and remove the cluster."""
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)

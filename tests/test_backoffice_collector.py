@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("jsonschema_rs")
 
-from bo_util import (  # noqa: E402
+from bo_util import (
     BROKER_EXTRA,
     T0,
     CollectorProc,
@@ -29,12 +29,12 @@ from bo_util import (  # noqa: E402
     published_keys,
     wait_for_rows,
 )
-from broker import Broker, mosquitto_binary, validate  # noqa: E402
+from broker import Broker, mosquitto_binary, validate
 
-from backoffice import queries  # noqa: E402
-from backoffice import tables as t  # noqa: E402
-from backoffice.db import make_engine  # noqa: E402
-from backoffice.simdevice import Fleet, SimDevice, next_boundary  # noqa: E402
+from backoffice import queries
+from backoffice import tables as t
+from backoffice.db import make_engine
+from backoffice.simdevice import Fleet, SimDevice, next_boundary
 
 pytestmark = pytest.mark.broker
 CLASSES = ["apple", "milk_carton", "bread"]
@@ -115,7 +115,11 @@ def test_end_to_end_status_alerts_commands_and_schemas(broker, tmp_path):
         fleet.publish(sent)
         for d in devs:
             fleet.raw(f"lanecount/{d.site}/{d.device}/status", d.status(T0 + 700), retain=True)
-        fleet.raw(f"lanecount/{devs[2].site}/{devs[2].device}/status", devs[2].status(T0 + 800, "offline"), retain=True)
+        fleet.raw(
+            f"lanecount/{devs[2].site}/{devs[2].device}/status",
+            devs[2].status(T0 + 800, "offline"),
+            retain=True,
+        )
         engine = make_engine(db)
         assert wait_for_rows(engine, len(sent)) == len(sent), col.text()[-2000:]
         time.sleep(0.5)
@@ -128,12 +132,16 @@ def test_end_to_end_status_alerts_commands_and_schemas(broker, tmp_path):
         assert fleet_rows[("store-0", "lane-0")].status == "online"
         assert fleet_rows[("store-0", "lane-2")].status == "offline"
         assert fleet_rows[("store-0", "lane-0")].model_version == "sim-1"
-        assert [(a.device, a.product, a.state, a.since) for a in raised] == [("lane-0", "milk_carton", "raised", T0 + 300)]
+        assert [(a.device, a.product, a.state, a.since) for a in raised] == [
+            ("lane-0", "milk_carton", "raised", T0 + 300)
+        ]
         assert [(r.device, r.command, r.ok) for r in results] == [("lane-1", "reset", True)]
         # Everything stored validates against edge/schemas with python-jsonschema (an independent validator).
         kinds = {"counts": "counts", "crossing": "crossing", "cmd_result": "command_result", "alert": "alert"}
         with engine.connect() as conn:
-            for kind, payload in conn.execute(t.messages.select().with_only_columns(t.messages.c.kind, t.messages.c.payload)):
+            for kind, payload in conn.execute(
+                t.messages.select().with_only_columns(t.messages.c.kind, t.messages.c.payload)
+            ):
                 if kind == "counts":
                     _validate_counts(payload)
                 elif kind in kinds:
@@ -236,7 +244,9 @@ def test_broker_restart_mid_stream(broker, tmp_path, group):
         broker.stop()  # clean stop: Mosquitto saves the collector's session and its queued messages
         broker.start()
         fleet.publish(second, timeout=60)  # the devices reconnect and send on
-        assert wait_for_rows(engine, len(first) + len(second), 60) == len(first) + len(second), col.text()[-2000:]
+        assert wait_for_rows(engine, len(first) + len(second), 60) == len(first) + len(second), col.text()[
+            -2000:
+        ]
         assert col.term() == 0
     finally:
         fleet.close()
@@ -285,7 +295,12 @@ def test_disk_full_for_sqlite(broker, tmp_path):
     goes on when space is back."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+    ):
         pytest.skip("needs root to mount a small tmpfs")
     try:
         db = str(mnt / "bo.db")
@@ -299,7 +314,9 @@ def test_disk_full_for_sqlite(broker, tmp_path):
             fleet.publish(sent[:200])
             assert wait_for_rows(engine, 200, 60) == 200, col.text()[-2000:]
             filler = mnt / "filler"
-            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=1000"], capture_output=True)
+            subprocess.run(
+                ["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=1000"], capture_output=True
+            )
             fleet.publish(sent[200:])
             deadline = time.monotonic() + 30
             while "full" not in col.text() and time.monotonic() < deadline:
@@ -340,15 +357,39 @@ def fuzz_messages(dev: SimDevice, rng: random.Random) -> list[tuple[str, bytes]]
     """At least 30 malformed messages: bad bytes, bad JSON, schema failures, lies about the sender."""
     base = f"lanecount/{dev.site}/{dev.device}"
     good = {
-        "seq": 10_000, "epoch": "f" * 16, "site": dev.site, "device": dev.device, "timestamp": T0 + 5,
-        "line": "lane", "track_id": 1, "class_id": 0, "class_name": "apple", "direction": "in",
+        "seq": 10_000,
+        "epoch": "f" * 16,
+        "site": dev.site,
+        "device": dev.device,
+        "timestamp": T0 + 5,
+        "line": "lane",
+        "track_id": 1,
+        "class_id": 0,
+        "class_name": "apple",
+        "direction": "in",
     }
     out = [(f"{base}/events/crossing", raw) for raw in FUZZ]
     mutations = [
-        {"seq": 0}, {"seq": -5}, {"seq": "7"}, {"seq": 2**60}, {"seq": 1.5}, {"direction": "up"}, {"class_id": -1},
-        {"timestamp": "yesterday"}, {"timestamp": -1.0}, {"timestamp": 1e300}, {"line": ""}, {"site": "other-store"},
-        {"device": "other-lane"}, {"class_name": "a\u0000b"}, {"class_name": "\ud800"}, {"line": "x" * 500},
-        {"extra": 1}, {"epoch": ""}, {"epoch": "e" * 100}, {"track_id": None},
+        {"seq": 0},
+        {"seq": -5},
+        {"seq": "7"},
+        {"seq": 2**60},
+        {"seq": 1.5},
+        {"direction": "up"},
+        {"class_id": -1},
+        {"timestamp": "yesterday"},
+        {"timestamp": -1.0},
+        {"timestamp": 1e300},
+        {"line": ""},
+        {"site": "other-store"},
+        {"device": "other-lane"},
+        {"class_name": "a\u0000b"},
+        {"class_name": "\ud800"},
+        {"line": "x" * 500},
+        {"extra": 1},
+        {"epoch": ""},
+        {"epoch": "e" * 100},
+        {"track_id": None},
     ]
     for i, change in enumerate(mutations):
         body = {**good, "seq": 10_000 + i, **change}
@@ -357,7 +398,12 @@ def fuzz_messages(dev: SimDevice, rng: random.Random) -> list[tuple[str, bytes]]
         (f"{base}/alerts/unknown/kind", json.dumps(good).encode()),
         (f"{base}/counts", json.dumps(good).encode()),  # a crossing on the counts topic
         (f"{base}/alerts/restock/depletion", json.dumps(good).encode()),  # a level short
-        (f"{base}/counts", json.dumps({**good, "period_start": 5.0, "period_end": 4.0, "cumulative": {}, "interval": {}}).encode()),
+        (
+            f"{base}/counts",
+            json.dumps(
+                {**good, "period_start": 5.0, "period_end": 4.0, "cumulative": {}, "interval": {}}
+            ).encode(),
+        ),
         (f"{base}/epoch", json.dumps({**good, "state": "sideways"}).encode()),
         (f"{base}/status", b'{"state": "online"}'),
     ]
@@ -389,7 +435,10 @@ def test_fuzz_is_rejected_and_the_good_messages_around_it_are_stored(broker, tmp
         assert "Traceback" not in col.text()
         assert col.term() == 0
         res = subprocess.run(
-            [*col.cmd[:3], "rejected", "--db", db, "--limit", "100"], capture_output=True, text=True, timeout=60
+            [*col.cmd[:3], "rejected", "--db", db, "--limit", "100"],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert res.returncode == 0 and "not JSON" in res.stdout
     finally:
@@ -400,7 +449,11 @@ def test_fuzz_is_rejected_and_the_good_messages_around_it_are_stored(broker, tmp
 
 def test_sigterm_commits_the_batch_in_hand(broker, tmp_path):
     db = str(tmp_path / "bo.db")
-    col = CollectorProc(broker, db, tmp_path / "c.log", "bo-term", "--batch-ms", "3000", "--batch-size", "5000").start().ready()
+    col = (
+        CollectorProc(broker, db, tmp_path / "c.log", "bo-term", "--batch-ms", "3000", "--batch-size", "5000")
+        .start()
+        .ready()
+    )
     fleet = Fleet(broker.host, broker.port)
     rng = random.Random(8)
     devs = lanes(2)

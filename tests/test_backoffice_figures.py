@@ -16,12 +16,12 @@ import pytest
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("jsonschema_rs")
 
-from bo_util import HOUR, T0, assert_figures_hold, count_rows, feed, hourly, ledger  # noqa: E402
+from bo_util import HOUR, T0, assert_figures_hold, count_rows, feed, hourly, ledger
 
-from backoffice import tables as t  # noqa: E402
-from backoffice.db import make_engine, migrate  # noqa: E402
-from backoffice.ingest import Ingest  # noqa: E402
-from backoffice.simdevice import SimDevice, next_boundary  # noqa: E402
+from backoffice import tables as t
+from backoffice.db import make_engine, migrate
+from backoffice.ingest import Ingest
+from backoffice.simdevice import SimDevice, next_boundary
 
 CLASSES = ["apple", "milk_carton", "bread"]
 
@@ -79,13 +79,20 @@ def test_redelivery_and_any_arrival_order_give_the_same_figures(engine):
     feed(ingest, shuffled, batch=37)
     got, spans = assert_figures_hold(engine, dev)
     # The same messages in order into a second database settle to the same figures and spans.
-    other = make_engine(f"sqlite:///{engine.url.database}.inorder" if engine.dialect.name == "sqlite" else str(engine.url.render_as_string(hide_password=False)) + "", writer=True)
+    other = make_engine(
+        f"sqlite:///{engine.url.database}.inorder"
+        if engine.dialect.name == "sqlite"
+        else str(engine.url.render_as_string(hide_password=False)) + "",
+        writer=True,
+    )
     if engine.dialect.name == "sqlite":
         migrate(other)
         feed(Ingest(other), sent)
         got2, spans2 = hourly(other, "s1", "lane-2")
         assert got2 == got
-        assert [(s.kind, s.start, s.end, s.counts) for s in spans2] == [(s.kind, s.start, s.end, s.counts) for s in spans]
+        assert [(s.kind, s.start, s.end, s.counts) for s in spans2] == [
+            (s.kind, s.start, s.end, s.counts) for s in spans
+        ]
     assert count_rows(engine, t.messages) == len(sent)
     assert count_rows(engine, t.conflicts) == 0
 
@@ -126,7 +133,8 @@ def test_drops_across_hours_are_exact_from_events_or_reported_unattributed(engin
     sent2 = dev2.take()
     window = (T0 + HOUR - 300, T0 + HOUR + 300)
     dropped = {
-        m.seq for m in sent2
+        m.seq
+        for m in sent2
         if (m.kind == "counts" and window[0] < float(_body(m)["period_end"]) <= window[1])
         or (m.kind == "events/crossing" and window[0] <= float(_body(m)["timestamp"]) < window[1])
     }
@@ -136,7 +144,9 @@ def test_drops_across_hours_are_exact_from_events_or_reported_unattributed(engin
     truth = dev2.truth_hourly()
     # Nothing is lost: exact hours + the unattributed total = everything counted.
     assert sum(got2.values()) + sum(spans2[0].counts.values()) == sum(truth.values())
-    assert spans2[0].start == pytest.approx(window[0], abs=60) and spans2[0].end == pytest.approx(window[1], abs=60)
+    assert spans2[0].start == pytest.approx(window[0], abs=60) and spans2[0].end == pytest.approx(
+        window[1], abs=60
+    )
 
     # The missing events arrive late after all: the stretch becomes exact.
     feed(ingest, [m for m in sent2 if m.seq in dropped and m.kind == "events/crossing"])
@@ -199,8 +209,13 @@ def test_restored_backup_is_a_fork_whose_replay_is_not_counted_twice(engine):
     assert "restored" in spans[0].reason
     assert spans[0].start <= t2 <= spans[0].end <= t2 + 600 + 10
     # Outside the transition every crossing is counted exactly once.
-    outside = sum(n for k, n in dev.truth_hourly().items() if not (spans[0].start // HOUR * HOUR <= k[0] < spans[0].end))
-    assert sum(n for k, n in got.items() if not (spans[0].start // HOUR * HOUR <= k[0] < spans[0].end)) == outside
+    outside = sum(
+        n for k, n in dev.truth_hourly().items() if not (spans[0].start // HOUR * HOUR <= k[0] < spans[0].end)
+    )
+    assert (
+        sum(n for k, n in got.items() if not (spans[0].start // HOUR * HOUR <= k[0] < spans[0].end))
+        == outside
+    )
 
 
 def test_lost_database_is_marked_unprovable_with_a_lower_bound(engine):
@@ -215,7 +230,7 @@ def test_lost_database_is_marked_unprovable_with_a_lower_bound(engine):
     dev.start(t2 + 30)
     busy(dev, t2 + 30, 600, rng)
     feed(ingest, dev.take())
-    got, spans = assert_figures_hold(engine, dev)
+    _, spans = assert_figures_hold(engine, dev)
     assert [s.kind for s in spans] == ["transition"] and "recovered" in spans[0].reason
     assert spans[0].start <= t1 + 10 and spans[0].end >= t2
 
@@ -237,8 +252,12 @@ def test_epoch_message_arriving_last_resettles_the_start(engine):
     ingest = Ingest(engine)
     feed(ingest, [m for m in sent if m.kind != "epoch"])
     feed(ingest, epoch_msgs)
-    got, spans = assert_figures_hold(engine, dev)
-    fresh = make_engine(f"sqlite:///{engine.url.database}.fresh", writer=True) if engine.dialect.name == "sqlite" else None
+    got, _ = assert_figures_hold(engine, dev)
+    fresh = (
+        make_engine(f"sqlite:///{engine.url.database}.fresh", writer=True)
+        if engine.dialect.name == "sqlite"
+        else None
+    )
     if fresh is not None:
         migrate(fresh)
         feed(Ingest(fresh), sent)
@@ -296,7 +315,12 @@ def _life(seed: int) -> tuple[SimDevice, list]:
     """A random day of one lane: traffic, outages with a small outbox, restarts, a reset, a restored
     backup or a lost database, all published (what a real lane does in a bad week, in 4 hours)."""
     rng = random.Random(seed)
-    dev = SimDevice("s9", f"lane-{seed}", period=rng.choice([10.0, 30.0, 60.0]), max_messages=rng.choice([40, 120, 10_000]))
+    dev = SimDevice(
+        "s9",
+        f"lane-{seed}",
+        period=rng.choice([10.0, 30.0, 60.0]),
+        max_messages=rng.choice([40, 120, 10_000]),
+    )
     now = T0 + rng.uniform(0, 900)
     dev.start(now)
     sent: list = []
@@ -348,4 +372,6 @@ def test_random_lives_hold_in_any_order(seed, tmp_path):
     got_a, spans_a = assert_figures_hold(a, dev)
     got_b, spans_b = assert_figures_hold(b, dev)
     assert got_a == got_b
-    assert [(s.kind, s.start, s.end, s.counts) for s in spans_a] == [(s.kind, s.start, s.end, s.counts) for s in spans_b]
+    assert [(s.kind, s.start, s.end, s.counts) for s in spans_a] == [
+        (s.kind, s.start, s.end, s.counts) for s in spans_b
+    ]
