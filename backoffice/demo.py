@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in sorted(set(per_hour) | set(ev_hour)):
         hour, line, d, cls = key
         print(f"{when(hour):<18}{line:<8}{d:<5}{cls:<14}{per_hour[key]:>7}{ev_hour[key]:>8}")
-    counted = Counter()
+    counted: Counter[tuple[str, str, str]] = Counter()
     for (_, line, d, cls), n in per_hour.items():
         counted[(line, d, cls)] += n
     seen = Counter((e.line, e.direction, e.class_name) for e in events)
