@@ -216,7 +216,10 @@ def ingest_run(
 def latency_run(
     broker: Mosquitto, db: str, rate: float, seconds: float, out: Path, tag: str
 ) -> dict[str, Any]:
-    """Live publishing at ``rate`` msgs/s for ``seconds``; the collector's lag percentiles."""
+    """Live publishing at ``rate`` msgs/s for ``seconds`` after a 10 s warm-up; the collector's lag.
+
+    The warm-up (every lane's first messages: new devices and epochs) is left out with SIGUSR1.
+    """
     engine = make_engine(db, writer=True)
     migrate(engine)
     engine.dispose()
@@ -230,7 +233,11 @@ def latency_run(
         d.start(now)
     start, sent = time.monotonic(), 0
     infos = []
-    while time.monotonic() - start < seconds:
+    warm = True
+    while time.monotonic() - start < seconds + 10:
+        if warm and time.monotonic() - start >= 10:
+            warm = False
+            cols.procs[0].send_signal(signal.SIGUSR1)
         due = int((time.monotonic() - start) * rate) - sent
         now = time.time()
         for _ in range(max(0, due)):
