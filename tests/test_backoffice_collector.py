@@ -181,7 +181,7 @@ def test_kill_9_at_random_points_and_at_every_commit_step(broker, tmp_path):
             kills += 1
         for _ in range(20):
             col.start()
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.3, 1.2))
             col.kill()
             kills += 1
         pub.join(120)
