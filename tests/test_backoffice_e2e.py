@@ -16,16 +16,16 @@ pytest.importorskip("sqlalchemy")
 pytest.importorskip("jsonschema_rs")
 pytest.importorskip("train.synth_video", reason="renders the recordings (the train extra)")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from bo_util import BROKER_EXTRA, CollectorProc, wait_for_rows  # noqa: E402
-from broker import Broker, mosquitto_binary, validate  # noqa: E402
-from conftest import DEMO_ONNX, ROOT  # noqa: E402
+import cv2
+import numpy as np
+import yaml
+from bo_util import BROKER_EXTRA, CollectorProc, wait_for_rows
+from broker import Broker, mosquitto_binary, validate
+from conftest import DEMO_ONNX, ROOT
 
-from backoffice import queries  # noqa: E402
-from backoffice import tables as t  # noqa: E402
-from backoffice.db import make_engine  # noqa: E402
+from backoffice import queries
+from backoffice import tables as t
+from backoffice.db import make_engine
 
 pytestmark = pytest.mark.broker
 SCHEMA = {
