@@ -466,3 +466,38 @@ def test_sigterm_commits_the_batch_in_hand(broker, tmp_path):
         fleet.close()
         col.kill()
     check_exactly_once(db, sent, devs)
+
+
+def test_a_conflict_is_kept_aside_logged_and_counted(broker, tmp_path):
+    """A key seen again with another payload: the first stays, the second is in `conflicts`, one log line,
+    and the Prometheus counter says so."""
+    import urllib.request
+
+    from edge.demo import free_port
+
+    port = free_port()
+    db = str(tmp_path / "bo.db")
+    col = (
+        CollectorProc(broker, db, tmp_path / "c.log", "bo-conf", "--metrics-port", str(port)).start().ready()
+    )
+    fleet = Fleet(broker.host, broker.port)
+    devs = lanes(1)
+    sent = play(devs, 120, random.Random(9))
+    event = next(m for m in sent if m.kind == "events/crossing")
+    forged = type(event)(event.seq, event.topic, event.payload.replace(b'"track_id":', b'"track_id":9'))
+    assert forged.payload != event.payload
+    try:
+        fleet.publish(sent)
+        fleet.publish([forged])
+        engine = make_engine(db)
+        assert wait_for_rows(engine, 1, 30, t.conflicts) == 1, col.text()[-2000:]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'lanecount_backoffice_messages_total{outcome="conflict"} 1.0' in metrics
+        assert f'lanecount_backoffice_messages_total{{outcome="stored"}} {float(len(sent))}' in metrics
+        assert col.text().count("conflict: store-0/lane-0") == 1
+        assert col.term() == 0
+    finally:
+        fleet.close()
+        col.kill()
+    stored = {(s, d, e, q): p.encode() for s, d, e, q, p in ledger(make_engine(db))}
+    assert stored == published_keys(sent), "the first payload stays"
