@@ -10,7 +10,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet bench-backoffice
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -23,10 +23,12 @@ help:
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
+	@echo "make bench-backoffice  collector ingest rate and latency (SQLite, PostgreSQL), query times on 30 days x 1,000 lanes"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
-# OpenCV's sample footage (real pictures nobody here made) for smoke tests, and strace, whose
-# syscall fault injection kills the daemon at every fsync boundary in the state tests.
+# OpenCV's sample footage (real pictures nobody here made) for smoke tests, strace, whose
+# syscall fault injection kills the daemon at every fsync boundary in the state tests, and
+# PostgreSQL's binaries (the back office tests start a private cluster with initdb; no server needed).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -35,6 +37,7 @@ system-deps:
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || missing="$$missing opencv-doc"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -47,7 +50,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned: these two come from this machine's disk; any other version downloads gigabytes.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev,bench]'
+	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev,bench,backoffice]'
 	touch $@
 
 venv: system-deps $(STAMP)
@@ -56,7 +59,7 @@ $(DEMO_STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
 	python3 -m venv $(DEMO_VENV)
 	$(DEMO_VENV)/bin/python -m pip install -q --upgrade pip
-	$(DEMO_VENV)/bin/python -m pip install -q -e '.[demo]'
+	$(DEMO_VENV)/bin/python -m pip install -q -e '.[demo,backoffice]'
 	touch $@
 
 test: venv
@@ -92,9 +95,9 @@ test-edge: system-deps $(EDGE_STAMP)
 	$(EDGE_VENV)/bin/mypy edge
 
 lint: venv
-	$(VENV)/bin/ruff check edge train export tests provisioning
-	$(VENV)/bin/ruff format --check edge train export tests provisioning
-	$(VENV)/bin/mypy edge train export
+	$(VENV)/bin/ruff check edge train export tests provisioning backoffice
+	$(VENV)/bin/ruff format --check edge train export tests provisioning backoffice
+	$(VENV)/bin/mypy edge train export backoffice
 
 check: lint test
 
@@ -123,9 +126,14 @@ $(BENCH_VENV)/.installed:
 bench-counting: venv $(BENCH_VENV)/.installed
 	$(PY) -m train.countbench --trackers-python $(BENCH_VENV)/bin/python --sweep
 
+# The back office collector runs beside the demo's private Mosquitto (SQLite in demo-out/), then prints
+# what it stored per hour beside the ground truth.
 demo: system-deps $(DEMO_STAMP)
 	$(DEMO_VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
-	$(DEMO_VENV)/bin/python -m edge.demo --video demo-out/video --out demo-out
+	rm -f demo-out/backoffice.db demo-out/backoffice.db-wal demo-out/backoffice.db-shm demo-out/companion.log
+	$(DEMO_VENV)/bin/python -m edge.demo --video demo-out/video --out demo-out --companion-ready "subscribed to" \
+		--companion "$(DEMO_VENV)/bin/lanecount-backoffice collect --broker mqtt://127.0.0.1:{port} --group '' --db demo-out/backoffice.db --batch-ms 50"
+	$(DEMO_VENV)/bin/python -m backoffice.demo --db demo-out/backoffice.db --truth demo-out/video/crossings.json
 
 demo-model: venv
 	$(PY) -m train.demo_model
@@ -137,6 +145,10 @@ WHEEL_PYTHON ?= 3.10
 WHEELHOUSE ?= wheelhouse/jetson
 wheelhouse: venv
 	$(PY) provisioning/wheelhouse.py --platform $(WHEEL_PLATFORM) --python $(WHEEL_PYTHON) --out $(WHEELHOUSE)
+
+# The back office (about 10 minutes): a private Mosquitto and PostgreSQL, simulated lanes, real collectors.
+bench-backoffice: venv
+	$(PY) -m backoffice.bench --out bench-out/backoffice
 
 # Real hosts (systemd as PID 1, sshd) on this machine only: needs root, debootstrap, systemd-nspawn.
 test-fleet: venv
