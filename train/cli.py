@@ -284,11 +284,12 @@ def weights(
 def real_photos(
     out: Annotated[Path, typer.Option(help="Output dataset folder.")] = Path("data/real"),
 ) -> None:
-    """Build the tiny real test set: Debian opencv-doc fruit photos with hand-drawn labels (split test)."""
-    from train.realset import build_real_test_set
+    """Build the small real test set: package photos (opencv-doc, scikit-image) with hand-drawn labels."""
+    from train.realset import PHOTOS, build_real_test_set
 
     data_yaml = build_real_test_set(out)
-    typer.echo(f"data.yaml: {data_yaml} (3 photos, split test)")
+    objects = sum(1 for p in PHOTOS for ln in (out / "labels" / "test" / f"{p.stem}.txt").open() if ln.strip())
+    typer.echo(f"data.yaml: {data_yaml} ({len(PHOTOS)} photos, {objects} objects, split test)")
 
 
 @app.command()
