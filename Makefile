@@ -26,7 +26,8 @@ help:
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
 # OpenCV's sample footage (real pictures nobody here made) for smoke tests, and strace, whose
-# syscall fault injection kills the daemon at every fsync boundary in the state tests.
+# syscall fault injection kills the daemon at every fsync boundary in the state tests; Tux Paint's
+# stamps (photographed fruit) for the photographic training scenes.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -40,6 +41,12 @@ system-deps:
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# Tux Paint's photographed fruit for the photographic training scenes (train/photoreal.py); not the program.
+	@[ -f /usr/share/tuxpaint/stamps/food/fruit/apple_red.png ] || { \
+		echo "installing Debian packages: tuxpaint-stamps-default (no recommends)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$$SUDO apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }

@@ -64,6 +64,14 @@ def synth(
     scene: Annotated[
         str, typer.Option(help="Background: conveyor, shelf, clutter, or mixed (one at random per image).")
     ] = "mixed",
+    photo: Annotated[
+        bool,
+        typer.Option(
+            "--photo/--no-photo",
+            help="Draw half the images with photographed fruit, real surfaces, shadows and JPEG "
+            "(Debian's tuxpaint-stamps-default and opencv-doc).",
+        ),
+    ] = False,
 ) -> None:
     """Render a synthetic grocery dataset (images, YOLO labels, data.yaml)."""
     from train.synth import BACKGROUNDS, write_dataset
@@ -72,7 +80,9 @@ def synth(
         raise typer.BadParameter(
             f"expected conveyor, shelf, clutter or mixed, got {scene!r}", param_hint="--scene"
         )
-    data_yaml = write_dataset(out, images, seed, negatives=negatives, progress=True, jobs=jobs, scene=scene)
+    data_yaml = write_dataset(
+        out, images, seed, negatives=negatives, progress=True, jobs=jobs, scene=scene, photo=photo
+    )
     meta = json.loads((out / "synth.json").read_text())
     typer.echo(f"data.yaml: {data_yaml}")
     typer.echo("instances: " + ", ".join(f"{k}={v}" for k, v in meta["instances"].items()))
@@ -288,7 +298,9 @@ def real_photos(
     from train.realset import PHOTOS, build_real_test_set
 
     data_yaml = build_real_test_set(out)
-    objects = sum(1 for p in PHOTOS for ln in (out / "labels" / "test" / f"{p.stem}.txt").open() if ln.strip())
+    objects = sum(
+        1 for p in PHOTOS for ln in (out / "labels" / "test" / f"{p.stem}.txt").open() if ln.strip()
+    )
     typer.echo(f"data.yaml: {data_yaml} ({len(PHOTOS)} photos, {objects} objects, split test)")
 
 
