@@ -92,3 +92,19 @@ def test_the_model_card_reports_what_eval_measures(real: Path, tmp_path: Path) -
     measured = [result.map50, result.map50_95, result.precision, result.recall]
     assert [float(x) for x in (map50, map50_95, precision, recall)] == [round(v, 3) for v in measured]
     assert re.search(r"\]\(edge/models/MODEL_CARD.md\)", (ROOT / "README.md").read_text())
+
+
+def test_the_demo_model_says_what_it_was_fine_tuned_from_and_under_which_licence() -> None:
+    import json
+
+    from train.synth import CLASSES
+    from train.weights import SHA256
+
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    assert tuple(meta["names"]) == CLASSES and meta["imgsz"] == 320
+    assert SHA256 in meta["pretrained"] and meta["licence"].startswith("AGPL-3.0")
+    card = CARD.read_text()
+    for key, test_set in (("metrics_test", "synthetic --photo"), ("metrics_real", "real photos")):
+        row = next(ln for ln in card.splitlines() if ln.startswith(f"| this model | {test_set} |"))
+        cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+        assert float(cells[6]) == round(meta[key]["mAP50-95"], 3), (test_set, row)
