@@ -195,11 +195,24 @@ class AlertEngine:
         Raises:
             CommandError: when no depletion rule covers ``product``.
         """
+        alerts, changes = self.plan_restocked(product, stock, t)
+        self.load(changes)
+        self._save(changes)
+        return alerts
+
+    def plan_restocked(
+        self, product: str, stock: int | None = None, t: float | None = None
+    ) -> tuple[list[Alert], dict[str, Any]]:
+        """What :meth:`restocked` would change, changing nothing: its alerts and the state to commit.
+
+        The daemon commits the state first and hands it to :meth:`load` after, so a failed commit
+        leaves the engine as it was.
+        """
         rule = next((r for r in self.cfg.depletion if r.product == product), None)
         if rule is None:
             known = ", ".join(sorted(self._depletion)) or "none configured"
             raise CommandError(f"restocked: no depletion rule for product {product!r} (known: {known})")
-        st = self._depletion[product]
+        st = dict(self._depletion[product])
         st["estimate"] = rule.stock if stock is None else int(stock)
         now = time.time() if t is None else t
         alerts = []
@@ -207,8 +220,15 @@ class AlertEngine:
         if st["raised"] != low:
             st["raised"] = low
             alerts.append(_depletion_alert(rule, st, "raised" if low else "cleared", now))
-        self._save({f"alert:depletion:{product}": dict(st)})
-        return alerts
+        return alerts, {f"alert:depletion:{product}": st}
+
+    def load(self, committed: Mapping[str, Any]) -> None:
+        """Take over depletion state that was committed (from :meth:`plan_restocked`)."""
+        for key, value in committed.items():
+            _, kind, product = key.split(":", 2)
+            if kind == "depletion" and product in self._depletion:
+                self._depletion[product] = dict(value)
+            self._saved[key] = value
 
     # --- occupancy -----------------------------------------------------------------------------
 

@@ -13,6 +13,12 @@ name           payload                                 effect (carried out by th
 
 Every payload may carry an ``id`` (string) that is echoed in the reply on ``cmd/result``
 (:func:`result_payload`). Anything else is refused with a one-line :class:`CommandError`.
+
+The daemon commits a command's effect, its record (by ``id``) and its reply in one transaction, and
+answers an ``id`` it has seen before from that record instead of applying the command again (the
+reply then says ``"duplicate": true``). Its handler returns :class:`Answered` to say the reply is
+already queued; a command refused before it ran (malformed, the daemon busy or stopping) is
+answered by the publisher, and nothing of it is recorded: the sender may send it again.
 """
 
 from __future__ import annotations
@@ -24,16 +30,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.errors import CommandError, LanecountError
+from edge.errors import CommandError, FatalError, LanecountError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "COMMANDS",
+    "Answered",
     "Command",
     "CommandBridge",
     "ReloadCommand",
@@ -145,16 +153,35 @@ def command_id(payload: bytes, max_bytes: int = 4096) -> str | None:
 
 
 def result_payload(
-    command: str, ok: bool, message: str, id: str | None = None, timestamp: float | None = None
+    command: str,
+    ok: bool,
+    message: str,
+    id: str | None = None,
+    timestamp: float | None = None,
+    duplicate: bool = False,
 ) -> dict[str, Any]:
     """The reply published on ``cmd/result`` (see ``edge/schemas/command_result.json``)."""
-    return {
+    body: dict[str, Any] = {
         "id": id,
         "command": command,
         "ok": ok,
         "message": message,
         "timestamp": time.time() if timestamp is None else timestamp,
     }
+    if duplicate:
+        body["duplicate"] = True
+    return body
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A handler's result when it queued the reply itself, in the command's own transaction."""
+
+    ok: bool
+    message: str
+
+
+Result = str | Answered  # a plain message: the publisher queues an ``ok`` reply with it
 
 
 class CommandBridge:
@@ -172,17 +199,17 @@ class CommandBridge:
     def __init__(self, wait_s: float = 10.0) -> None:
         self.wait_s = wait_s
         self.stopping = False
-        self._queue: queue.Queue[tuple[Command, Future[str]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Command, Future[Result]]] = queue.Queue()
 
-    def submit(self, cmd: Command) -> str:
+    def submit(self, cmd: Command) -> Result:
         """Queue ``cmd`` for the frame loop and return its result message.
 
         Raises:
             CommandError: refused or not run; a LanecountError the command raised is passed on.
         """
         if self.stopping:
-            raise CommandError(f"command {cmd.command!r}: the daemon is stopping; not executed")
-        done: Future[str] = Future()
+            raise _stopping(cmd)
+        done: Future[Result] = Future()
         self._queue.put((cmd, done))
         deadline = time.monotonic() + self.wait_s
         while True:
@@ -195,11 +222,23 @@ class CommandBridge:
                     why = "the daemon is stopping" if self.stopping else "the frame loop is busy"
                     raise CommandError(f"command {cmd.command!r}: {why}; not executed") from None
 
-    def run_pending(self, execute: Callable[[Command], str]) -> None:
-        """Execute every queued command (frame loop); a failing command never stops the loop."""
-        for cmd, done in self._drain():
+    def run_pending(self, execute: Callable[[Command], Result]) -> None:
+        """Execute every queued command (frame loop); a failing command never stops the loop.
+
+        Raises:
+            FatalError: a command's state could not be committed. Its sender and every command still
+                queued are answered "not applied" first; the daemon then stops (exit 1).
+        """
+        items = self._drain()
+        for i, (cmd, done) in enumerate(items):
             try:
                 done.set_result(execute(cmd))
+            except FatalError as exc:
+                done.set_exception(exc)
+                self.stopping = True
+                for later, waiting in items[i + 1 :]:
+                    waiting.set_exception(_stopping(later))
+                raise
             except LanecountError as exc:
                 done.set_exception(exc)
             except Exception as exc:
@@ -210,10 +249,10 @@ class CommandBridge:
         """Answer every queued command with "not executed" (the daemon is stopping)."""
         self.stopping = True
         for cmd, done in self._drain():
-            done.set_exception(CommandError(f"command {cmd.command!r}: the daemon is stopping; not executed"))
+            done.set_exception(_stopping(cmd))
 
-    def _drain(self) -> list[tuple[Command, Future[str]]]:
-        items: list[tuple[Command, Future[str]]] = []
+    def _drain(self) -> list[tuple[Command, Future[Result]]]:
+        items: list[tuple[Command, Future[Result]]] = []
         while True:
             try:
                 cmd, done = self._queue.get_nowait()
@@ -221,3 +260,7 @@ class CommandBridge:
                 return items
             if done.set_running_or_notify_cancel():  # else its sender already got "not executed"
                 items.append((cmd, done))
+
+
+def _stopping(cmd: Command) -> CommandError:
+    return CommandError(f"command {cmd.command!r}: the daemon is stopping; not executed")

@@ -12,7 +12,9 @@ The loop turns at least once a second, frames or not, and each turn feeds the sy
 camera that is down is reported (status ``"source": "reconnecting"``, a metric, the retained
 ``alerts/source`` after ``source.alert_after_s``), not "fixed" by a restart loop. A hung inference
 stops the turns, and systemd restarts the service; inference failing on every frame for
-``backend.max_failure_s``, or state that cannot be written, ends the run with exit code 1.
+``backend.max_failure_s``, or state that cannot be written (by a frame or a command), ends the run
+with exit code 1. Counts are reported per period aligned to the clock (:mod:`edge.periods`): the
+period ending at a boundary is queued before any frame stamped at or after it is committed.
 
 Start-up is ordered (model, durable state, source, outputs, metrics, MQTT, then ``READY=1``) and each
 step registers its own undo, so a failure part-way closes what was already open, and a stop undoes the
@@ -32,10 +34,12 @@ from typing import Any
 
 from edge.alerts import Alert, AlertEngine
 from edge.backends import create_detector
-from edge.commands import Command, CommandBridge, ResetCommand, RestockedCommand
+from edge.commands import Answered, Command, CommandBridge
 from edge.config import EdgeConfig, load_config, reloadable, require_for_run
 from edge.counts import Counts, class_name
-from edge.errors import CommandError, ConfigError, FatalError, InferenceError, LanecountError
+from edge.db import one_line
+from edge.errors import ConfigError, FatalError, InferenceError, LanecountError
+from edge.executor import execute
 from edge.health import FailureClock, FpsMeter, Signals
 from edge.messages import Clock, alert_message, crossing_message, source_alert_message
 from edge.metrics import Metrics
@@ -43,9 +47,12 @@ from edge.model import ModelInfo, load_model_info
 from edge.mqtt import Publisher
 from edge.notify import Notifier
 from edge.outputs import Outputs
+from edge.periods import next_boundary
 from edge.pipeline import FrameResult, Pipeline
-from edge.sources import Frame, ReadAhead, Source, open_source, recording_identity
+from edge.recordings import resume_point
+from edge.sources import Frame, ReadAhead, Source, open_source
 from edge.state import FrameCommit, OutMessage, Progress, StateStore
+from edge.statedir import StateInUse
 from edge.validate import validate_for_run
 
 log = logging.getLogger("lanecount")
@@ -103,7 +110,8 @@ class Daemon:
         self._last_index = -1
         self._source_down = False  # the retained alerts/source alert is raised
         self._finished = False
-        self._next_counts = self._next_status = self._next_progress = 0.0
+        self._boundary = 0.0  # wall time the current counts period ends (edge.periods)
+        self._next_status = self._next_progress = 0.0
         self._no_frames = FailureClock()
         self._inference = FailureClock()
         self._ready = False
@@ -165,43 +173,33 @@ class Daemon:
             raise
 
     def _open_state(self) -> None:
-        state = self.cfg.state_path()
+        db = self.cfg.state_path() / "state.db"
         try:
             self.state = StateStore(
-                state / "state.db",
+                db,
                 topic_base=f"{self.cfg.mqtt.prefix}/{self.cfg.site}/{self.cfg.device}",
                 envelope={"site": self.cfg.site, "device": self.cfg.device},
                 max_messages=self.cfg.outbox.max_messages,
+                publish=self.cfg.mqtt.enabled,
             )
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"{self.config_path}: state_dir: cannot use {state}: {exc}") from None
+        except StateInUse as exc:
+            raise ConfigError(f"{self.config_path}: state_dir: {exc}") from None
+        except (OSError, sqlite3.Error) as exc:  # not damage (that is moved aside): leave it as it is
+            raise FatalError(f"cannot open {db}: {one_line(str(exc))}; nothing was changed") from None
         self._defer("state", self.state.close)
         self.state.outbox.on_drop = lambda n: self.metrics.outbox_dropped.set(self.state.outbox.dropped)
         saved = self.state.alert_state()
         self.alerts = AlertEngine(self.cfg.alerts, self.model.names, saved)
         self._source_down = bool(saved.get(_SOURCE_ALERT_KEY, {}).get("raised"))
+        self._roll(time.time())  # periods that ended while the daemon was not running come first
 
     def _plan_recording(self) -> bool:
         """Resume a recording where the last run stopped; refuse to count a finished one twice."""
         assert self.cfg.source is not None
-        self._recording = recording_identity(self.cfg.source, self.config_path.parent)
-        if self._recording is None:
-            return True
-        if self.recount:
-            self.state.forget_progress(self._recording)
-        done = self.state.progress(self._recording)
-        if done is not None and done.finished:
-            log.warning(
-                "%s was already counted (%d frames) with this state_dir; --recount counts it again",
-                self.cfg.source.path,
-                done.frames,
-            )
+        plan = resume_point(self.state, self.cfg.source, self.config_path.parent, self.recount)
+        if plan is None:
             return False
-        if done is not None and done.frames:
-            self._resume_at = done.frames
-            log.info(
-                "resuming %s after frame %d (counted by an earlier run)", self.cfg.source.path, done.frames
-            )
+        self._recording, self._resume_at = plan
         return True
 
     def _warmup_start(self) -> int:
@@ -274,9 +272,7 @@ class Daemon:
 
     def _loop(self) -> None:
         assert self.source is not None
-        now = time.monotonic()
-        self._next_counts = now + self.cfg.mqtt.publish_period_s
-        self._next_status = now + self.cfg.mqtt.status_period_s
+        self._next_status = time.monotonic() + self.cfg.mqtt.status_period_s
         # The loop turns at least this often without frames, and feeds the watchdog each turn.
         turn_s = min(1.0, self.notifier.watchdog_interval or 1.0)
         while not self.signals.stop:
@@ -308,6 +304,8 @@ class Daemon:
             result.tracked, frame.timestamp
         )
         t0 = time.perf_counter()
+        if clock.wall >= self._boundary:  # this frame's crossings belong to the next period
+            self._roll(clock.wall)
         change = self._frame_commit(frame, result, alerts, clock)
         if change.changes_state():
             self._commit(change)
@@ -403,9 +401,9 @@ class Daemon:
 
     def _periodic(self, now: float) -> None:
         self.fps = self._fps.rate(now)
-        if now >= self._next_counts:
-            self._next_counts = now + self.cfg.mqtt.publish_period_s
-            self._publish_counts()
+        wall = time.time()
+        if wall >= self._boundary:
+            self._roll(wall)
         if now >= self._next_status:
             self._next_status = now + self.cfg.mqtt.status_period_s
             self._periodic_status()
@@ -420,18 +418,20 @@ class Daemon:
         frames = max(self._resume_at, self._last_index + 1)
         self._commit(FrameCommit(progress=Progress(self._recording, frames, finished=self._finished)))
 
-    def _publish_counts(self) -> None:
+    def _roll(self, wall: float) -> None:
+        """Close the counts periods due at ``wall``; with MQTT off they roll without a message."""
+        lines = [line.name for line in self.cfg.counting.lines]
+        try:
+            self._boundary = self.state.roll(wall, self.cfg.mqtt.publish_period_s, lines)
+        except sqlite3.Error as exc:
+            raise FatalError(f"cannot write the state database ({exc})") from None
         if self.publisher is not None:
-            try:
-                self.state.queue_counts(lines=[line.name for line in self.cfg.counting.lines])
-            except sqlite3.Error as exc:
-                raise FatalError(f"cannot write the state database ({exc})") from None
             self.publisher.wake()
-        self.metrics.outbox_depth.set(self.state.outbox.depth())
-        self.metrics.outbox_dropped.set(self.state.outbox.dropped)
 
     def _periodic_status(self) -> None:
         assert self.source is not None
+        self.metrics.outbox_depth.set(self.state.outbox.depth())
+        self.metrics.outbox_dropped.set(self.state.outbox.dropped)
         self.metrics.fps.set(self.fps)
         self.metrics.source_reconnects.set(self.source.reconnects)
         self.metrics.mqtt_connected.set(1 if self.publisher and self.publisher.connected else 0)
@@ -440,22 +440,21 @@ class Daemon:
 
     # --- commands (run on the frame loop) ------------------------------------------------------------
 
-    def _execute(self, cmd: Command) -> str:
-        if isinstance(cmd, ResetCommand):
-            known = {line.name for line in self.cfg.counting.lines} | self.state.totals().lines()
-            if cmd.line is not None and cmd.line not in known:
-                raise CommandError(f"reset: unknown line {cmd.line!r}; lines: {', '.join(sorted(known))}")
-            n = self.state.reset(cmd.line)
-            self.run_counts = self.run_counts.without(cmd.line)
-            return f"counts reset ({cmd.line or 'all lines'}, {n} counters)"
-        if isinstance(cmd, RestockedCommand):
-            alerts = self.alerts.restocked(cmd.product, cmd.stock)
-            messages = [alert_message(a, Clock(time.time())) for a in alerts] if self.publisher else []
-            self._commit(FrameCommit(alert_state=self.alerts.take_changes(), messages=messages))
-            self._note_alerts(alerts)
-            return f"{cmd.product} restocked"
-        self.signals.reload = True
-        return "reload scheduled"
+    def _execute(self, cmd: Command) -> Answered:
+        """Run a command; the in-memory state follows only what was committed (else exit 1)."""
+        lines = {line.name for line in self.cfg.counting.lines} | self.state.totals().lines()
+        try:
+            done = execute(cmd, self.state, self.alerts, lines)
+        except sqlite3.Error as exc:
+            raise FatalError(
+                f"command {cmd.command!r}: cannot write the state database ({exc}); it was not applied"
+            ) from None
+        if done.reset is not None:
+            self.run_counts = self.run_counts.without(done.reset.line)
+        self.alerts.load(done.alert_state)
+        self._note_alerts(done.alerts)
+        self.signals.reload = self.signals.reload or done.reload
+        return done.answered
 
     # --- reload --------------------------------------------------------------------------------------
 
@@ -497,10 +496,10 @@ class Daemon:
         if cfg.log_level != self.cfg.log_level:
             logging.getLogger().setLevel(cfg.log_level)
         self.cfg, self.model, self.pipeline, self.alerts = cfg, model, pipeline, alerts
-        # A shorter period applies now, not after the old (possibly long) one has run out.
-        now = time.monotonic()
-        self._next_counts = min(self._next_counts, now + cfg.mqtt.publish_period_s)
-        self._next_status = min(self._next_status, now + cfg.mqtt.status_period_s)
+        # A shorter period applies now, not after the old (possibly long) one has run out: the
+        # current period ends at the new period's next boundary (its crossings all lie before it).
+        self._boundary = self.state.shorten_period(next_boundary(time.time(), cfg.mqtt.publish_period_s))
+        self._next_status = min(self._next_status, time.monotonic() + cfg.mqtt.status_period_s)
         log.info(
             "reloaded %s: model %s, %d line(s), publish every %g s",
             self.config_path,
@@ -514,8 +513,8 @@ class Daemon:
 
     def _stop_publisher(self) -> None:
         assert self.publisher is not None
-        if self.exit_code == 0:
-            self._publish_counts()
+        # No counts message here: the current period has not ended. Its crossings wait in the
+        # state and are reported at the next start, in the period ending at its boundary.
         self.publisher.stop(timeout=10.0, reason=self.offline_reason)
 
     def _write_counts_out(self) -> None:

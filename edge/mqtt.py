@@ -12,6 +12,7 @@ topic                      dir    retained  payload (``edge/schemas/``)
 ``alerts/restock/<k>/<p>`` out    yes       restock alert of kind k, product p (alert.json)
 ``cmd/<name>``             in     no        ``reset``, ``restocked``, ``reload`` (command.json)
 ``cmd/result``             out    no        the reply to each command (command_result.json)
+``epoch``                  out    no        first message of each start's epoch (epoch.json)
 =========================  =====  ========  =================================================
 
 Delivery: :meth:`Publisher.publish` only writes to the :class:`~edge.outbox.Outbox`. A drain thread
@@ -34,6 +35,7 @@ import logging
 import os
 import queue
 import re
+import sqlite3
 import ssl
 import sys
 import threading
@@ -45,7 +47,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.commands import Command, command_id, parse_command, result_payload
+from edge.commands import Answered, Command, Result, command_id, parse_command, result_payload
 from edge.config import MqttConfig
 from edge.errors import CommandError, LanecountError, PublishError
 from edge.outbox import Outbox
@@ -83,9 +85,10 @@ class Publisher:
         site: store id (topic level).
         device: lane/device id (topic level).
         outbox: the durable outbox every outbound message goes through.
-        on_command: runs a validated command and returns a one-line result message; raising
-            :class:`~edge.errors.LanecountError` makes the reply ``ok=false``. Called on the MQTT
-            network thread, so it must be thread-safe and quick.
+        on_command: runs a validated command and returns a one-line result message (the publisher
+            replies ``ok``), or :class:`~edge.commands.Answered` when it queued the reply itself;
+            raising :class:`~edge.errors.LanecountError` makes the reply ``ok=false``. Called on the
+            MQTT network thread, so it must be thread-safe and quick.
         status_payload: extra fields of the ``online`` status (``model_version``, ``fps``...).
         max_inflight: most messages published but not yet acknowledged.
         reconnect_delay: first and largest delay (s) between reconnect attempts (doubling); default
@@ -106,7 +109,7 @@ class Publisher:
         site: str,
         device: str,
         outbox: Outbox,
-        on_command: Callable[[Command], str] | None = None,
+        on_command: Callable[[Command], Result] | None = None,
         status_payload: Callable[[], dict[str, Any]] | None = None,
         *,
         max_inflight: int = 20,
@@ -359,11 +362,12 @@ class Publisher:
     def _run_command(self, name: str, payload: bytes) -> None:
         limit = self.cfg.max_command_bytes
         cmd_id = command_id(payload, limit)
+        result: Result = ""
         try:
             cmd = parse_command(name, payload, limit)
             cmd_id = cmd.id
-            message = self._on_command(cmd) if self._on_command is not None else "ignored: no handler"
-            ok = True
+            result = self._on_command(cmd) if self._on_command is not None else "ignored: no handler"
+            ok, message = (result.ok, result.message) if isinstance(result, Answered) else (True, result)
         except CommandError as exc:
             ok, message = False, str(exc)
         except LanecountError as exc:
@@ -377,7 +381,13 @@ class Publisher:
         else:
             self.commands_failed += 1
             log.warning("command rejected: %s", message)
-        self.publish("cmd/result", result_payload(name, ok, str(message), cmd_id))
+        if isinstance(result, Answered):
+            self.wake()  # the reply was queued with the command's own transaction
+            return
+        try:  # a reply is never dropped by the outbox bound (keep)
+            self.publish("cmd/result", result_payload(name, ok, str(message), cmd_id), keep=True)
+        except sqlite3.Error as exc:  # the state cannot be written: the daemon is stopping (exit 1)
+            log.error("command %r: the reply could not be queued: %s", name, exc)
 
     # --- shutdown ------------------------------------------------------------------------------------
 

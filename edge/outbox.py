@@ -11,9 +11,10 @@ Sequence numbers come from ``AUTOINCREMENT``: SQLite keeps the highest id ever u
 ``sqlite_sequence`` even after the rows are deleted, so numbering continues across restarts.
 
 The bound (``max_messages``) is kept with an in-memory depth, not a ``COUNT(*)`` per message (9 ms at
-100k rows). Beyond it the oldest *droppable* messages go (counts, events, command results); alerts are
-``keep`` rows and are never dropped: an alert raised during a long outage is the one message a store
-manager must get. Drops are counted and reported at most once a minute.
+100k rows). Beyond it the oldest *droppable* messages go (counts and crossing events); alerts, epoch
+messages and command results are ``keep`` rows and are never dropped: an alert raised during a long
+outage is the one message a store manager must get. Drops are counted (the running total is in every
+warning, at most one a minute) and, once dropping stops, one line sums up the whole episode.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class Outbox:
         self.dropped = 0
         self.on_drop = on_drop
         self._unreported = 0
+        self._episode = 0  # dropped since dropping last started
         self._last_warning = 0.0
         with self.db.lock:
             self.db.conn.execute(_SCHEMA)
@@ -141,6 +143,8 @@ class Outbox:
         """Drop the oldest droppable messages beyond ``max_messages`` (inside the caller's transaction)."""
         excess = self._depth - self.max_messages
         if excess <= 0:
+            if self._episode:
+                self.report_drops("dropping stopped")
             return
         cur = conn.execute(
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE keep = 0 ORDER BY seq LIMIT ?)",
@@ -165,7 +169,7 @@ class Outbox:
             payload: JSON-serialisable mapping (its own timestamps stay as given).
             qos: MQTT QoS; only 1 is used (kept for the signature's sake).
             retain: MQTT retain flag.
-            keep: never dropped by the bound (alerts).
+            keep: never dropped by the bound (alerts, epoch messages, command results).
         """
         del qos
         try:
@@ -180,17 +184,32 @@ class Outbox:
     def _report_drop(self, n: int) -> None:
         self.dropped += n
         self._unreported += n
+        self._episode += n
         now = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY_S:
             log.warning(
-                "outbox full (%d messages): dropped the %d oldest since the last warning; %d since start",
+                "outbox full (%d messages): dropping the oldest counts and crossing events; "
+                "%d dropped since the last warning, %d since dropping started, %d since start",
                 self.max_messages,
                 self._unreported,
+                self._episode,
                 self.dropped,
             )
             self._last_warning, self._unreported = now, 0
         if self.on_drop is not None:
             self.on_drop(n)
+
+    def report_drops(self, why: str = "stopping") -> None:
+        """Sum up a dropping episode in one line (when dropping stops, and at close)."""
+        if not self._episode:
+            return
+        log.warning(
+            "outbox: %s; %d messages were dropped since dropping started (%d since start)",
+            why,
+            self._episode,
+            self.dropped,
+        )
+        self._episode = self._unreported = 0
 
     def pending(self, limit: int, after: int = 0) -> list[Message]:
         """Return up to ``limit`` stored messages with ``seq > after``, oldest first."""
@@ -222,6 +241,7 @@ class Outbox:
 
     def close(self) -> None:
         """Close the database if this outbox opened it; pending messages stay for the next run."""
+        self.report_drops()
         if self._own:
             self.db.close()
 

@@ -50,7 +50,6 @@ __all__ = [
     "backoff_delays",
     "csi_pipeline",
     "open_source",
-    "recording_identity",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,25 +85,6 @@ def open_source(
         cfg.type
     ]
     return LiveSource(name, open_capture or live_opener(cfg), cfg)
-
-
-def recording_identity(cfg: SourceConfig, base_dir: str | Path | None = None) -> str | None:
-    """What identifies a recording (path, size, modification time), so a restart resumes it.
-
-    ``None`` for live sources and looping files: those are counted as they come, never resumed.
-    """
-    if cfg.loop or cfg.type not in ("file", "images"):
-        return None
-    path = _resolve(cfg.path, base_dir).resolve()
-    try:
-        if cfg.type == "file":
-            st = path.stat()
-            return f"file:{path}:{st.st_size}:{st.st_mtime_ns}"
-        files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
-        newest = max((p.stat().st_mtime_ns for p in files), default=0)
-        return f"images:{path}:{len(files)}:{newest}"
-    except OSError:
-        return None  # opening the source reports the problem in one line
 
 
 def _resolve(p: str | None, base_dir: str | Path | None) -> Path:

@@ -1,114 +1,85 @@
 """All durable state of the daemon in ONE SQLite database, changed by ONE transaction per frame.
 
-``state_dir/state.db`` holds the cumulative counts, the interval counts, the alert state, the outbox,
-the progress through a recording and the stream ``epoch``. :meth:`StateStore.commit` writes a frame's
-crossings, its alert-state changes and its outbound messages together, so a kill at any instant leaves
-either all of them or none: a counts message's ``cumulative`` always equals the crossing events queued
-before it, and an alert whose state is ``raised`` always has its message queued.
-:meth:`StateStore.queue_counts` takes the interval and queues the counts message in one transaction too.
+``state_dir/state.db`` holds the cumulative counts (since the last ``reset``), the lifetime counts
+(``counted``: never reset), the interval counts, the alert state, the outbox, the progress through a
+recording, the commands answered, and the stream ``epoch``. :meth:`StateStore.commit` writes a
+frame's crossings, its alert-state changes and its outbound messages together, so a kill at any
+instant leaves either all of them or none: a counts message's ``cumulative`` always equals the
+crossing events queued before it, and an alert whose state is ``raised`` always has its message
+queued. A command commits the same way: its effect, its record and its ``cmd/result`` reply.
 
-The epoch: a random id created with the database and carried in every message that has a ``seq``.
-Subscribers de-duplicate by ``(site, device, epoch, seq)``. A new epoch starts whenever continuity
-with what was published before cannot be proven, because ``seq`` may then repeat:
-
-* the database was damaged and moved aside (:func:`edge.db.open_database`), or deleted;
-* the write-ahead log went missing after an unclean stop. SQLite deletes ``state.db-wal`` on a clean
-  close only; after a crash it is still there and replays on open. So "not closed cleanly and no WAL
-  file" means somebody removed it, and with it everything since the last checkpoint.
+Every start begins a new epoch (:mod:`edge.epochs`), and its first message says what the start
+found. Counting periods are aligned to the clock (:mod:`edge.periods`) and contiguous along the
+database: :meth:`StateStore.roll` takes the interval and queues the counts messages in one
+transaction, and the next period starts exactly where the last one ended, across restarts too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import secrets
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.changes import CommandRecord, FrameCommit, OutMessage, Progress, Reset
 from edge.counts import Counts
-from edge.db import Database, open_database
+from edge.db import open_database
+from edge.epochs import EpochStart, Found, begin_epoch, epoch_payload
 from edge.outbox import _SCHEMA as _OUTBOX_SCHEMA
 from edge.outbox import Outbox
+from edge.periods import next_boundary, periods_due
+from edge.statedir import DirLock, fsync_write, moved_aside, read_marker
+from edge.upgrade import import_v1, init_counted
 
-__all__ = ["FrameCommit", "OutMessage", "Progress", "StateStore"]
+__all__ = ["CommandRecord", "FrameCommit", "OutMessage", "Progress", "Reset", "StateStore"]
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS counts (
-    line TEXT NOT NULL, direction TEXT NOT NULL, class_name TEXT NOT NULL, n INTEGER NOT NULL,
-    PRIMARY KEY (line, direction, class_name)
-);
-CREATE TABLE IF NOT EXISTS interval (
-    line TEXT NOT NULL, direction TEXT NOT NULL, class_name TEXT NOT NULL, n INTEGER NOT NULL,
-    PRIMARY KEY (line, direction, class_name)
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS alert_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sources (
-    key TEXT PRIMARY KEY, frames INTEGER NOT NULL, finished INTEGER NOT NULL, updated REAL NOT NULL
-);
-"""
+_COUNTERS = "line TEXT NOT NULL, direction TEXT NOT NULL, class_name TEXT NOT NULL, n INTEGER NOT NULL"
+_SCHEMA = [
+    f"CREATE TABLE IF NOT EXISTS {t} ({_COUNTERS}, PRIMARY KEY (line, direction, class_name))"
+    for t in ("counts", "interval", "counted")
+] + [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS alert_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sources"
+    " (key TEXT PRIMARY KEY, frames INTEGER NOT NULL, finished INTEGER NOT NULL, updated REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, command TEXT NOT NULL, ok INTEGER NOT NULL,"
+    " message TEXT NOT NULL, created REAL NOT NULL)",
+    _OUTBOX_SCHEMA,
+]
 _UPSERT = (
     "INSERT INTO {table} (line, direction, class_name, n) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (line, direction, class_name) DO UPDATE SET n = n + excluded.n"
 )
-
-
-@dataclass(frozen=True)
-class OutMessage:
-    """A message to queue: ``kind`` is the topic below ``{prefix}/{site}/{device}/``.
-
-    ``keep`` messages (alerts) are never dropped by the outbox bound.
-    """
-
-    kind: str
-    payload: Mapping[str, Any]
-    retain: bool = False
-    keep: bool = False
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far a recording has been counted: ``frames`` done, and whether it ``finished``."""
-
-    source: str
-    frames: int
-    finished: bool = False
-
-
-@dataclass(frozen=True)
-class FrameCommit:
-    """Everything one frame changed, committed in one transaction by :meth:`StateStore.commit`."""
-
-    counts: Counts = field(default_factory=Counts)
-    alert_state: Mapping[str, Any] = field(default_factory=dict)
-    messages: Sequence[OutMessage] = ()
-    progress: Progress | None = None
-
-    def changes_state(self) -> bool:
-        """True when anything other than progress would be written."""
-        return bool(self.counts.total() or self.alert_state or self.messages)
+_COMMANDS_KEPT_S = 30 * 86400  # a command id is answered from its record for 30 days
 
 
 class StateStore:
-    """Counts, interval, alert state, outbox, recording progress and epoch in one database.
+    """Counts, interval, alert state, outbox, progress, commands and epoch in one database.
 
     Args:
-        path: the database file (its directory is created).
+        path: the database file (its directory is created and locked: one store per directory).
         topic_base: ``{prefix}/{site}/{device}``; messages go to ``{topic_base}/{kind}``.
         envelope: fields added to every payload (``site``, ``device``).
         max_messages: outbox bound.
-        now: clock for the first interval start (tests pass their own).
+        now: clock for the first interval start of a new database (tests pass their own).
+        publish: queue the epoch and counts messages (the daemon passes ``mqtt.enabled``); without,
+            the periods still roll.
 
     Attributes:
-        epoch: the current stream epoch.
-        recovered: one line when the state was damaged or lost and a new epoch began, else ``None``.
+        epoch: this start's epoch (new at every start).
+        start: how the start found the state (:class:`~edge.epochs.EpochStart`).
+        recovered: one line when earlier state was damaged or lost, else ``None``.
         outbox: the outbox, sharing this database.
+
+    Raises:
+        edge.statedir.StateInUse: another process holds the directory.
+        sqlite3.Error, OSError: the state cannot be opened now (disk full, I/O error, read-only...);
+            nothing was changed.
     """
 
     def __init__(
@@ -119,56 +90,108 @@ class StateStore:
         envelope: Mapping[str, Any] | None = None,
         max_messages: int = 100_000,
         now: float | None = None,
+        publish: bool = True,
     ) -> None:
         path = Path(path)
-        wal_was_there = Path(f"{path}-wal").exists()
-        new = not path.exists()
-        self.db, self.recovered = open_database(path)
-        with self.db.lock:
-            self.db.conn.executescript(_SCHEMA)
-        if new:
-            _migrate_v1(self.db, path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.topic_base = topic_base
         self.envelope = dict(envelope or {})
-        self.epoch = self._start_epoch(wal_was_there, time.time() if now is None else now)
-        self.outbox = Outbox(self.db, max_messages, epoch=self.epoch)
-
-    # --- epoch ---------------------------------------------------------------------------------
-
-    def _start_epoch(self, wal_was_there: bool, now: float) -> str:
-        meta = self._meta()
-        epoch = meta.get("epoch")
-        if epoch is None:  # a new database
-            epoch = secrets.token_hex(8)
-            self._set_meta(epoch=epoch, interval_start=now)
-        elif not meta.get("clean", False) and not wal_was_there:
-            epoch = secrets.token_hex(8)
-            self.recovered = (
-                f"{self.db.path}: the write-ahead log is missing after an unclean stop; what was recorded "
-                f"since the last checkpoint is lost; new epoch {epoch}"
-            )
+        self.publish = publish
+        self._dir_lock = DirLock(path.with_suffix(".lock"))
+        try:
+            found = self._open(path)
+            self.start: EpochStart = begin_epoch(found)
+            # The marker first: if the commit below never happens, the database still carries the
+            # epoch the marker calls "previous", and nothing was published in the new one.
+            prev = self.start.previous["epoch"] if self.start.previous else None
+            marker = {"epoch": self.start.epoch, "previous": prev, "started": time.time()}
+            fsync_write(path.with_suffix(".epoch"), json.dumps(marker) + "\n")
+            self.outbox = Outbox(self.db, max_messages, epoch=self.start.epoch)
+            self._begin(time.time() if now is None else now)
+        except BaseException:
+            if hasattr(self, "db"):
+                self.db.close()
+            self._dir_lock.release()
+            raise
+        self.epoch = self.start.epoch
+        self.recovered = self.start.recovered
+        if self.recovered:
             log.error(self.recovered)
-        self._set_meta(epoch=epoch, clean=False)
+
+    # --- start-up --------------------------------------------------------------------------------
+
+    def _open(self, path: Path) -> Found:
+        marker = read_marker(path.with_suffix(".epoch"))
+        size = path.stat().st_size if path.exists() else None
+        wal_missing = not Path(f"{path}-wal").exists()
+        self.db, damaged = open_database(path)
+        with self.db.lock:
+            tables = {r[0] for r in self.db.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        with self.db.transaction() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            if "counts" in tables:
+                init_counted(conn, had_counted="counted" in tables)
+        import_v1(self.db, path.parent)
+        return Found(
+            db=str(path),
+            meta=self._meta(),
+            last_seq=self._last_seq(),
+            marker=marker,
+            damaged=damaged,
+            file_state="missing" if size is None else "empty" if size == 0 else "present",
+            aside=tuple(p.name for p in moved_aside(path)),
+            wal_missing=wal_missing,
+        )
+
+    def _begin(self, now: float) -> None:
+        """Commit the new epoch (and its first message), and mark the database as not closed cleanly."""
+        try:
+            with self.db.transaction() as conn:
+                meta = {"epoch": self.start.epoch, "clean": False}
+                if self._get(conn, "interval_start") is None:
+                    meta["interval_start"] = now
+                self._put(conn, **meta)
+                conn.execute("DELETE FROM commands WHERE created < ?", (time.time() - _COMMANDS_KEPT_S,))
+                if self.publish:
+                    counted = Counts.from_rows(
+                        conn.execute("SELECT line, direction, class_name, n FROM counted")
+                    )
+                    start = float(self._get(conn, "interval_start"))
+                    body = epoch_payload(self.start, counted.to_json(), start, time.time())
+                    self._insert(conn, OutMessage("epoch", body, keep=True))
+                    self.outbox.enforce_bound(conn)
+        except BaseException:
+            self.outbox.resync()
+            raise
         # Put "not closed cleanly" into the database file itself, not only into the WAL: otherwise a
         # WAL deleted after a crash would take this mark with it and the loss would go unnoticed.
         with self.db.lock:
             self.db.conn.execute("PRAGMA wal_checkpoint(FULL)")
-        return str(epoch)
 
     def _meta(self) -> dict[str, Any]:
         return {str(k): json.loads(str(v)) for k, v in self.db.query("SELECT key, value FROM meta")}
 
-    def _set_meta(self, **values: Any) -> None:
-        with self.db.transaction() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
+    @staticmethod
+    def _get(conn: sqlite3.Connection, key: str) -> Any:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @staticmethod
+    def _put(conn: sqlite3.Connection, **values: Any) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [(k, json.dumps(v)) for k, v in values.items()],
+        )
+
+    def _last_seq(self) -> int:
+        rows = self.db.query("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+        return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
     # --- the frame's transaction ---------------------------------------------------------------
 
     def commit(self, change: FrameCommit) -> None:
-        """Write one frame's counts, alert state, messages and progress in one transaction.
+        """Write one frame's (or command's) changes, messages and progress in one transaction.
 
         Raises:
             sqlite3.Error: the write failed (e.g. disk full); nothing of this frame was written.
@@ -177,8 +200,12 @@ class StateStore:
             with self.db.transaction() as conn:
                 rows = [(*key, n) for key, n in change.counts.items()]
                 if rows:
-                    conn.executemany(_UPSERT.format(table="counts"), rows)
-                    conn.executemany(_UPSERT.format(table="interval"), rows)
+                    for table in ("counts", "interval", "counted"):
+                        conn.executemany(_UPSERT.format(table=table), rows)
+                if change.reset is not None:
+                    line = change.reset.line
+                    where, args = ("", ()) if line is None else (" WHERE line = ?", (line,))
+                    conn.execute(f"DELETE FROM counts{where}", args)
                 if change.alert_state:
                     conn.executemany(
                         "INSERT OR REPLACE INTO alert_state (key, value) VALUES (?, ?)",
@@ -187,6 +214,12 @@ class StateStore:
                 for m in change.messages:
                     self._insert(conn, m)
                 self.outbox.enforce_bound(conn)
+                if change.record is not None:
+                    r = change.record
+                    conn.execute(
+                        "INSERT INTO commands (id, command, ok, message, created) VALUES (?, ?, ?, ?, ?)",
+                        (r.id, r.command, int(r.ok), r.message, time.time()),
+                    )
                 if change.progress is not None:
                     p = change.progress
                     conn.execute(
@@ -208,57 +241,113 @@ class StateStore:
         topic = f"{self.topic_base}/{message.kind}"
         return self.outbox.put(topic, self._body(message), retain=message.retain, keep=message.keep)
 
-    def queue_counts(self, now: float | None = None, lines: Sequence[str] = ()) -> int:
-        """Take the interval and queue the ``counts`` message, in one transaction; return its ``seq``."""
-        end = time.time() if now is None else now
-        try:
-            with self.db.transaction() as conn:
-                interval = Counts.from_rows(
-                    conn.execute("SELECT line, direction, class_name, n FROM interval")
-                )
-                total = Counts.from_rows(conn.execute("SELECT line, direction, class_name, n FROM counts"))
-                row = conn.execute("SELECT value FROM meta WHERE key = 'interval_start'").fetchone()
-                start = float(json.loads(row[0])) if row else end
-                conn.execute("DELETE FROM interval")
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('interval_start', ?)",
-                    (json.dumps(end),),
-                )
-                payload = {
-                    "timestamp": end,
-                    "period_start": start,
-                    "period_end": end,
-                    "cumulative": total.to_json(lines),
-                    "interval": interval.to_json(lines),
-                }
-                seq = self._insert(conn, OutMessage("counts", payload))
-                self.outbox.enforce_bound(conn)
-        except BaseException:
-            self.outbox.resync()
-            raise
-        return seq
+    # --- counting periods ------------------------------------------------------------------------
 
-    # --- reads and commands ----------------------------------------------------------------------
+    def roll(self, now: float, period_s: float, lines: Sequence[str] = ()) -> float:
+        """Close the periods due at ``now`` (:func:`~edge.periods.periods_due`); return the next boundary.
+
+        In one transaction: the counts messages (unless ``publish`` is off: MQTT off), the interval
+        taken, the next interval's start and end.
+
+        Raises:
+            sqlite3.Error: the write failed; nothing was taken or queued.
+        """
+        with self.db.lock:
+            start, end, pinned = self._period(period_s)
+            due = periods_due(start, end, now, period_s)
+            if not due and pinned:
+                return end
+            try:
+                with self.db.transaction() as conn:
+                    if due:
+                        self._report(conn, due, now, lines)
+                        start = due[-1][1]
+                        end = next_boundary(start, period_s)
+                    self._put(conn, interval_start=start, interval_end=end)
+                    self.outbox.enforce_bound(conn)
+            except BaseException:
+                self.outbox.resync()
+                raise
+        return end
+
+    def _period(self, period_s: float) -> tuple[float, float, bool]:
+        """The current interval's start and end, and whether the end is stored (pinned) yet."""
+        meta = {
+            str(k): v for k, v in self.db.query("SELECT key, value FROM meta WHERE key LIKE 'interval_%'")
+        }
+        start = float(json.loads(str(meta["interval_start"])))
+        if "interval_end" in meta:
+            return start, float(json.loads(str(meta["interval_end"]))), True
+        return start, next_boundary(start, period_s), False
+
+    def _report(
+        self,
+        conn: sqlite3.Connection,
+        due: list[tuple[float, float]],
+        now: float,
+        lines: Sequence[str],
+    ) -> None:
+        if self.publish:
+            interval = Counts.from_rows(conn.execute("SELECT line, direction, class_name, n FROM interval"))
+            total = Counts.from_rows(conn.execute("SELECT line, direction, class_name, n FROM counts"))
+            counted = Counts.from_rows(conn.execute("SELECT line, direction, class_name, n FROM counted"))
+            for i, (a, b) in enumerate(due):
+                payload = {
+                    "timestamp": now,
+                    "period_start": a,
+                    "period_end": b,
+                    "cumulative": total.to_json(lines),
+                    "interval": (interval if i == 0 else Counts()).to_json(lines),
+                    "counted": counted.to_json(lines),
+                }
+                self._insert(conn, OutMessage("counts", payload))
+        conn.execute("DELETE FROM interval")
+
+    def shorten_period(self, end: float) -> float:
+        """End the current period at ``end`` if that is earlier (a reload shortened the period)."""
+        with self.db.transaction() as conn:
+            current = self._get(conn, "interval_end")
+            if current is None or end < float(current):
+                self._put(conn, interval_end=end)
+                current = end
+        return float(current)
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def _counters(self, table: str) -> Counts:
+        return Counts.from_rows(self.db.query(f"SELECT line, direction, class_name, n FROM {table}"))
 
     def totals(self) -> Counts:
         """Cumulative counts since the last reset."""
-        return Counts.from_rows(self.db.query("SELECT line, direction, class_name, n FROM counts"))
+        return self._counters("counts")
+
+    def counted(self) -> Counts:
+        """Everything this database has counted since it was created (never reset)."""
+        return self._counters("counted")
 
     def interval(self) -> Counts:
-        """Counts since the last counts message, without taking them."""
-        return Counts.from_rows(self.db.query("SELECT line, direction, class_name, n FROM interval"))
-
-    def reset(self, line: str | None = None) -> int:
-        """Zero the counts of one line (or all lines); return how many counters were removed."""
-        where, args = ("", ()) if line is None else (" WHERE line = ?", (line,))
-        with self.db.transaction() as conn:
-            removed = conn.execute(f"DELETE FROM counts{where}", args).rowcount
-            conn.execute(f"DELETE FROM interval{where}", args)
-        return int(removed)
+        """Counts since the last counts period, without taking them."""
+        return self._counters("interval")
 
     def alert_state(self) -> dict[str, Any]:
         """Every saved alert-state value by key."""
         return {str(k): json.loads(str(v)) for k, v in self.db.query("SELECT key, value FROM alert_state")}
+
+    def command_record(self, command_id: str) -> CommandRecord | None:
+        """The answer given to the command with this ``id``, or ``None`` when it was never answered."""
+        rows = self.db.query("SELECT command, ok, message FROM commands WHERE id = ?", (command_id,))
+        if not rows:
+            return None
+        command, ok, message = rows[0]
+        return CommandRecord(command_id, str(command), bool(ok), str(message))
+
+    def reset(self, line: str | None = None) -> int:
+        """Zero the counts of one line (or all lines); return how many counters were removed."""
+        n = sum(1 for (ln, _, _), _ in self.totals().items() if line is None or ln == line)
+        self.commit(FrameCommit(reset=Reset(line)))
+        return n
+
+    # --- recordings ---------------------------------------------------------------------------------
 
     def progress(self, source: str) -> Progress | None:
         """How far ``source`` was counted, or ``None`` when it never was."""
@@ -268,78 +357,36 @@ class StateStore:
         frames, finished = rows[0]
         return Progress(source, int(frames), bool(finished))  # type: ignore[call-overload]
 
+    def adopt_progress(self, old: str, new: str) -> None:
+        """Carry a recording's progress stored under an earlier identity over to ``new``."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE sources SET key = ? WHERE key = ?"
+                " AND NOT EXISTS (SELECT 1 FROM sources WHERE key = ?)",
+                (new, old, new),
+            )
+
     def forget_progress(self, source: str) -> None:
         """Count ``source`` again from its first frame (``--recount``)."""
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM sources WHERE key = ?", (source,))
 
+    # --- stop ---------------------------------------------------------------------------------------
+
     def close(self) -> None:
-        """Mark a clean stop, then close (the close checkpoints the WAL into the database)."""
+        """Mark a clean stop, then close (the close checkpoints the WAL) and release the directory."""
         try:
-            self._set_meta(clean=True)
+            self.outbox.report_drops()
+            with self.db.transaction() as conn:
+                self._put(conn, clean=True)
         except sqlite3.Error as exc:  # e.g. the full disk that ended the run: the next start will say so
             log.error("%s: could not mark a clean stop: %s", self.db.path, exc)
         finally:
             self.db.close()
+            self._dir_lock.release()
 
     def __enter__(self) -> StateStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _migrate_v1(db: Database, folder: Path) -> None:
-    """Bring the counts, alert state and unsent messages of lanecount 0.1's two databases along.
-
-    0.1 kept ``counts.db`` (counts, interval, state) and ``outbox.db`` beside each other; they are
-    imported once into a new ``state.db`` and renamed ``*.migrated``. Sequence numbers continue.
-    """
-    counts, outbox = folder / "counts.db", folder / "outbox.db"
-    if not counts.exists() and not outbox.exists():
-        return
-    with db.lock:  # ATTACH is not allowed inside a transaction
-        for name, path in (("c", counts), ("o", outbox)):
-            if path.exists():
-                db.conn.execute(f"ATTACH DATABASE ? AS {name}", (str(path),))
-        try:
-            with db.transaction() as conn:
-                if counts.exists():
-                    for table in ("counts", "interval"):
-                        conn.execute(
-                            f"INSERT INTO {table} (line, direction, class_name, n)"
-                            f" SELECT line, direction, class_name, n FROM c.{table}"
-                        )
-                    conn.execute(
-                        "INSERT INTO alert_state (key, value)"
-                        " SELECT key, value FROM c.state WHERE key LIKE 'alert:%'"
-                    )
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta SELECT key, value FROM c.state"
-                        " WHERE key = 'interval_start'"
-                    )
-                if outbox.exists():
-                    conn.execute(_OUTBOX_SCHEMA)
-                    conn.execute(
-                        "INSERT INTO outbox (seq, topic, payload, qos, retain, keep, created)"
-                        " SELECT seq, topic, payload, qos, retain, topic LIKE '%/alerts/%', created"
-                        " FROM o.outbox"
-                    )
-                    # sqlite_sequence has no key on name: replace the row the inserts created.
-                    conn.execute("DELETE FROM main.sqlite_sequence WHERE name = 'outbox'")
-                    conn.execute(
-                        "INSERT INTO main.sqlite_sequence (name, seq)"
-                        " SELECT 'outbox', seq FROM o.sqlite_sequence WHERE name = 'outbox'"
-                    )
-        finally:
-            for name, path in (("c", counts), ("o", outbox)):
-                if path.exists():
-                    db.conn.execute(f"DETACH DATABASE {name}")
-    for old in (counts, outbox):
-        for suffix in ("", "-wal", "-shm"):
-            f = Path(f"{old}{suffix}")
-            if f.exists():
-                f.replace(Path(f"{old}.migrated{suffix}"))
-    log.warning(
-        "%s: imported the counts and outbox of lanecount 0.1 (%s, %s)", folder, counts.name, outbox.name
-    )

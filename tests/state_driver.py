@@ -1,8 +1,10 @@
 """A deterministic workload on the daemon's state, for the kill-at-every-fsync tests (test_state.py).
 
 Each "frame" goes through the same calls the daemon makes: crossings and the depletion alert through
-:class:`AlertEngine`, one :meth:`StateStore.commit` per frame, and a counts message every few frames
-through :meth:`StateStore.queue_counts`. Run as ``python tests/state_driver.py STATE_DB FRAMES``.
+:class:`AlertEngine`, one :meth:`StateStore.commit` per frame, and before a frame stamped at or after
+the period's boundary, :meth:`StateStore.roll`. Frame i is stamped 1000 + i (a synthetic clock), so
+with 5 s periods a counts message is queued before frames 5, 10, 15...
+Run as ``python tests/state_driver.py STATE_DB FRAMES``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from edge.messages import Clock, alert_message, crossing_message
 from edge.state import FrameCommit, Progress, StateStore
 
 NAMES = ["apple", "milk_carton"]
+PERIOD_S = 5.0
 ALERTS = AlertsConfig(depletion=[{"product": "milk_carton", "stock": 6, "threshold": 2}])
 
 
@@ -31,20 +34,23 @@ def frame_crossings(i: int) -> list[Crossing]:
 
 
 def run(path: str, frames: int) -> None:
-    state = StateStore(path, topic_base="lc/s/d", envelope={"site": "s", "device": "d"}, max_messages=10_000)
+    envelope = {"site": "s", "device": "d"}
+    state = StateStore(path, topic_base="lc/s/d", envelope=envelope, max_messages=10_000, now=1000.0)
     alerts = AlertEngine(ALERTS, NAMES, state.alert_state())
     start = state.progress("driver")
-    for i in range(start.frames if start else 0, frames):
+    first = start.frames if start else 0
+    boundary = state.roll(1000.0 + first, PERIOD_S, ["lane"])
+    for i in range(first, frames):
         crossings = frame_crossings(i)
         raised = alerts.on_crossings(crossings)
         clock = Clock(1000.0 + i)
+        if clock.wall >= boundary:
+            boundary = state.roll(clock.wall, PERIOD_S, ["lane"])
         messages = [crossing_message(c, NAMES, clock) for c in crossings]
         messages += [alert_message(a, clock) for a in raised]
         counts = Counts.of((c.line, c.direction, class_name(NAMES, c.class_id)) for c in crossings)
         # The frame's progress commits with its crossings, as in the daemon: resuming never redoes a frame.
         state.commit(FrameCommit(counts, alerts.take_changes(), messages, Progress("driver", i + 1)))
-        if i % 5 == 4:
-            state.queue_counts(now=2000.0 + i, lines=["lane"])
     state.close()
 
 

@@ -42,7 +42,27 @@ def test_bound_drops_oldest_logs_and_counts(tmp_path, caplog):
     assert box.depth() == 3
     assert [m.seq for m in box.pending(10)] == seqs[2:]
     assert box.dropped == 2 and drops == [1, 1]
-    assert "dropped the 1 oldest" in caplog.text
+    assert "1 dropped since the last warning" in caplog.text
+
+
+def test_drop_warnings_report_the_running_total_and_sum_up_when_dropping_stops(tmp_path, caplog):
+    # The fault suite's case: a broker down for a while with a small bound. The warnings are rate
+    # limited (one a minute), so the first one could say "1 since start" and nothing more ever did.
+    box = Outbox(tmp_path / "o.db", max_messages=50)
+    with caplog.at_level(logging.WARNING, logger="edge.outbox"):
+        seqs = [box.put("t", {"i": i}) for i in range(143)]  # 93 dropped, one warning (rate limit)
+        box.ack(seqs[-50:])  # the broker is back and acknowledges everything
+        box.put("t", {"i": 143})  # the next message fits: dropping has stopped
+        box.put("t", {"i": 144})
+        for i in range(50):  # a second episode (2 dropped), summed up at close
+            box.put("t", {"i": 145 + i})
+        box.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert box.dropped == 93 + 2
+    assert len(lines) == 3, lines
+    assert "1 since start" in lines[0]  # the first drop warns at once...
+    assert "dropping stopped; 93 messages were dropped" in lines[1]  # ...and the summary has them all
+    assert "2 messages were dropped since dropping started (95 since start)" in lines[2]
 
 
 def test_sequence_continues_after_reopen_even_when_empty(tmp_path):

@@ -6,7 +6,10 @@ and restart that the invariants hold:
 
 * every counts message's ``cumulative`` equals the crossing events queued before it;
 * the stored totals equal every crossing event queued;
-* an alert whose state is ``raised`` has its ``raised`` message queued.
+* an alert whose state is ``raised`` has its ``raised`` message queued;
+* the periods are contiguous, every crossing's timestamp lies in the period that reports it, and
+  ``counted`` grows by exactly each period's ``interval`` (PROTOCOL.md 3 and 4);
+* every epoch's first message is its ``epoch`` message.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import state_driver
+from broker import validate
 from conftest import ROOT
 
 from edge.counts import Counts
@@ -28,6 +32,7 @@ from edge.outbox import Outbox
 from edge.state import FrameCommit, OutMessage, Progress, StateStore
 
 FRAMES = 16
+ENVELOPE = {"site": "s", "device": "d"}
 
 
 def snapshot(path: Path) -> Path:
@@ -49,13 +54,22 @@ def check_invariants(path: Path) -> int:
     """Assert the invariants on (a copy of) the state at ``path``; return the number of crossing events."""
     events: Counter[tuple[str, str, str]] = Counter()
     last_alert: dict[str, str] = {}
+    first_of_epoch: dict[str, str] = {}
+    unreported: list[float] = []  # timestamps of the crossings since the last counts message
+    previous: dict | None = None
     for _seq, topic, body in messages(path):
+        first_of_epoch.setdefault(body["epoch"], topic.rsplit("/", 1)[-1])
         if topic.endswith("/events/crossing"):
             events[(body["line"], body["direction"], body["class_name"])] += 1
+            unreported.append(body["timestamp"])
         elif topic.endswith("/counts"):
-            assert Counts.from_json(body["cumulative"]) == Counts(dict(events)), f"counts seq {body['seq']}"
+            check_counts(body, previous, events, unreported)
+            previous, unreported = body, []
         elif "/alerts/" in topic:
             last_alert[topic] = body["state"]
+    assert set(first_of_epoch.values()) <= {"epoch"}, (
+        f"an epoch began without its epoch message: {first_of_epoch}"
+    )
     with StateStore(snapshot(path)) as state:
         assert state.totals() == Counts(dict(events))
         for key, value in state.alert_state().items():
@@ -64,6 +78,18 @@ def check_invariants(path: Path) -> int:
             if value.get("raised"):
                 assert last_alert.get(topic) == "raised", f"{key} raised without its message"
     return sum(events.values())
+
+
+def check_counts(body: dict, previous: dict | None, events: Counter, unreported: list[float]) -> None:
+    seq = body["seq"]
+    assert Counts.from_json(body["cumulative"]) == Counts(dict(events)), f"counts seq {seq}"
+    assert body["counted"] == body["cumulative"], f"counts seq {seq}"  # the driver never resets
+    assert Counts.from_json(body["interval"]).total() == len(unreported), f"counts seq {seq}"
+    assert all(body["period_start"] <= t < body["period_end"] for t in unreported), f"counts seq {seq}"
+    if previous is not None:
+        assert body["period_start"] == previous["period_end"], f"counts seq {seq}: a gap or an overlap"
+        grown = Counts.from_json(previous["counted"]) + Counts.from_json(body["interval"])
+        assert Counts.from_json(body["counted"]) == grown, f"counts seq {seq}"
 
 
 def drive(path: Path, frames: int = FRAMES, strace_k: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -121,15 +147,29 @@ def test_one_transaction_per_frame_and_counts_message_matches_events(tmp_path):
     assert kinds["counts"] == FRAMES // 5 and kinds["milk_carton"] == 1  # the alert was raised once
 
 
-def test_epoch_is_kept_across_restarts_and_carried_in_every_message(tmp_path):
+def test_every_start_begins_a_new_epoch_whose_first_message_chains_it_to_the_last(tmp_path):
     path = tmp_path / "state.db"
-    with StateStore(path) as state:
-        epoch = state.epoch
-        state.commit(FrameCommit(messages=[OutMessage("events/x", {"a": 1})]))
-    with StateStore(path) as state:  # a clean restart: the same stream
-        assert state.epoch == epoch and state.recovered is None
+    with StateStore(path, now=1000.0, envelope=ENVELOPE) as state:
+        first = state.epoch
+        assert state.start.state == "new" and state.start.previous is None
+        state.commit(FrameCommit(Counts.of([("l", "in", "a")]), messages=[OutMessage("events/x", {"a": 1})]))
+    with StateStore(path, envelope=ENVELOPE) as state:  # a clean restart is a new epoch too; seq continues
+        second = state.epoch
+        assert second != first and state.recovered is None and state.start.state == "continued"
         state.queue(OutMessage("events/x", {"a": 2}))
-    assert [(body["seq"], body["epoch"]) for _, _, body in messages(path)] == [(1, epoch), (2, epoch)]
+    got = [(seq, topic.rsplit("/", 1)[-1], body) for seq, topic, body in messages(path)]
+    assert [(seq, kind, body["epoch"]) for seq, kind, body in got] == [
+        (1, "epoch", first),
+        (2, "x", first),
+        (3, "epoch", second),
+        (4, "x", second),
+    ]
+    opening = got[2][2]
+    validate("epoch", opening)
+    assert opening["state"] == "continued" and "recovered" not in opening
+    assert opening["previous"] == {"epoch": first, "last_seq": 2}
+    assert opening["counted"] == {"l": {"in": {"a": 1}, "out": {}}} and opening["interval_start"] == 1000.0
+    assert got[0][2]["state"] == "new" and got[0][2]["previous"] is None
 
 
 def kill_after(path: Path, code: str) -> None:
@@ -141,14 +181,14 @@ def kill_after(path: Path, code: str) -> None:
     assert proc.returncode == -9, proc.stderr
 
 
-def test_a_crash_with_its_wal_keeps_the_epoch_and_every_commit(tmp_path):
+def test_a_crash_with_its_wal_keeps_every_commit_and_continues_in_a_new_epoch(tmp_path):
     path = tmp_path / "state.db"
     with StateStore(path) as state:
         epoch = state.epoch
     kill_after(path, "state.commit(FrameCommit(Counts.of([('l', 'in', 'a')])))")
     assert Path(f"{path}-wal").exists()
     with StateStore(path) as state:
-        assert state.epoch == epoch and state.recovered is None
+        assert state.epoch != epoch and state.recovered is None and state.start.state == "continued"
         assert state.totals().total() == 1
 
 
@@ -163,7 +203,7 @@ def test_a_deleted_wal_after_a_crash_starts_a_new_epoch_so_seq_reuse_is_harmless
     Path(f"{path}-wal").unlink()
     Path(f"{path}-shm").unlink(missing_ok=True)
     with StateStore(path) as state:
-        assert state.epoch != epoch
+        assert state.epoch != epoch and state.start.state == "recovered"
         assert state.recovered and "write-ahead log is missing" in state.recovered
         state.queue(OutMessage("events/x", {"n": 99}))
     for _, _, body in messages(path):
@@ -183,6 +223,7 @@ def test_damaged_state_is_moved_aside_at_start_and_counting_goes_on(tmp_path):
     with StateStore(path) as state:
         assert state.recovered and "damaged state database" in state.recovered
         assert state.epoch != epoch and state.totals().total() == 0
+        assert state.start.previous == {"epoch": epoch, "last_seq": None}  # from the marker
         state.commit(FrameCommit(Counts.of([("l", "in", "a")])))
         assert state.totals().total() == 1
     assert list(tmp_path.glob("state.db.damaged-*")), "the damaged file is kept for inspection"
@@ -196,16 +237,16 @@ def test_not_a_database_is_moved_aside_too(tmp_path):
 
 
 def test_outbox_bound_drops_counts_and_events_but_never_alerts(tmp_path, caplog):
-    with StateStore(tmp_path / "state.db", max_messages=5) as state:
+    with StateStore(tmp_path / "state.db", max_messages=5) as state:  # its epoch message is kept too
         state.queue(OutMessage("alerts/restock/depletion/milk", {"state": "raised"}, retain=True, keep=True))
         for i in range(50):
             state.commit(FrameCommit(messages=[OutMessage("events/crossing", {"i": i})]))
         state.queue(OutMessage("alerts/restock/depletion/milk", {"state": "cleared"}, retain=True, keep=True))
         kept = [json.loads(m.payload) for m in state.outbox.pending(100)]
         assert state.outbox.depth() == 5 == len(kept)
-        assert [b["state"] for b in kept if "state" in b] == ["raised", "cleared"]
-        assert [b["i"] for b in kept if "i" in b] == [47, 48, 49]
-        assert state.outbox.dropped == 47
+        assert [b["state"] for b in kept if "state" in b] == ["new", "raised", "cleared"]
+        assert [b["i"] for b in kept if "i" in b] == [48, 49]
+        assert state.outbox.dropped == 48
     warnings = [r for r in caplog.records if "outbox full" in r.getMessage()]
     assert len(warnings) == 1  # rate-limited: one line, not one per dropped message
 
@@ -214,13 +255,13 @@ def test_outbox_depth_is_tracked_without_counting_rows(tmp_path):
     with StateStore(tmp_path / "state.db") as state:
         seqs = [state.queue(OutMessage("x", {})) for _ in range(10)]
         state.outbox.ack(seqs[:4], 12345)
-        assert state.outbox.depth() == 6
+        assert state.outbox.depth() == 7  # and the epoch message
         ((n,),) = state.db.query("SELECT COUNT(*) FROM outbox")
-        assert n == 6
+        assert n == 7
 
 
 def test_a_failed_commit_writes_nothing(tmp_path):
-    with StateStore(tmp_path / "state.db") as state:
+    with StateStore(tmp_path / "state.db", publish=False) as state:
         bad = FrameCommit(Counts.of([("l", "in", "a")]), messages=[OutMessage("x", {"not json": object()})])
         with pytest.raises(TypeError):
             state.commit(bad)
@@ -247,17 +288,43 @@ def test_progress_and_forget(tmp_path):
         assert state.progress("rec") is None
 
 
-def test_queue_counts_takes_the_interval_atomically(tmp_path):
-    with StateStore(tmp_path / "state.db", now=100.0) as state:
+def test_roll_takes_the_interval_atomically_on_aligned_contiguous_periods(tmp_path):
+    with StateStore(tmp_path / "state.db", now=100.0, envelope=ENVELOPE) as state:
+        assert state.roll(101.0, 10.0) == 110.0  # nothing due yet: the boundary
         state.commit(FrameCommit(Counts.of([("a", "in", "milk")])))
-        state.queue_counts(now=110.0, lines=["a", "b"])
+        assert state.roll(110.0, 10.0, lines=["a", "b"]) == 120.0
         state.commit(FrameCommit(Counts.of([("a", "out", "eggs")] * 2)))
-        state.queue_counts(now=120.0)
-        bodies = [json.loads(m.payload) for m in state.outbox.pending(10)]
-    assert (bodies[0]["period_start"], bodies[0]["period_end"]) == (100.0, 110.0)
+        state.reset("a")  # zeroes cumulative; neither the interval nor counted
+        assert state.roll(125.0, 10.0) == 130.0
+        state.commit(FrameCommit(Counts.of([("a", "in", "milk")])))
+        assert state.roll(1234.5, 10.0) == 1240.0  # a pause: the held period, then one empty catch-up
+        bodies = [json.loads(m.payload) for m in state.outbox.pending(10)][1:]  # after the epoch message
+    for body in bodies:
+        validate("counts", body)
+    spans = [(b["period_start"], b["period_end"]) for b in bodies]
+    assert spans == [(100.0, 110.0), (110.0, 120.0), (120.0, 130.0), (130.0, 1230.0)]
     assert bodies[0]["interval"] == {"a": {"in": {"milk": 1}, "out": {}}, "b": {"in": {}, "out": {}}}
     assert bodies[1]["interval"] == {"a": {"in": {}, "out": {"eggs": 2}}}
-    assert bodies[1]["cumulative"] == {"a": {"in": {"milk": 1}, "out": {"eggs": 2}}}
+    assert bodies[1]["cumulative"] == {} and bodies[1]["counted"] == {
+        "a": {"in": {"milk": 1}, "out": {"eggs": 2}}
+    }
+    assert bodies[2]["interval"] == {"a": {"in": {"milk": 1}, "out": {}}} and bodies[3]["interval"] == {}
+    assert bodies[3]["counted"] == {"a": {"in": {"milk": 2}, "out": {"eggs": 2}}}
+
+
+def test_with_mqtt_off_the_periods_still_roll_and_counted_shows_the_gap(tmp_path):
+    path = tmp_path / "state.db"
+    with StateStore(path, now=100.0, publish=False) as state:
+        state.commit(FrameCommit(Counts.of([("a", "in", "milk")] * 3)))
+        state.roll(115.0, 10.0)  # MQTT off: taken, nothing queued
+        assert state.outbox.depth() == 0 and state.interval().total() == 0
+        state.commit(FrameCommit(Counts.of([("a", "in", "milk")])))
+    with StateStore(path) as state:  # MQTT switched on
+        state.roll(121.0, 10.0)
+        (opening, counts) = [json.loads(m.payload) for m in state.outbox.pending(10)]
+    assert opening["interval_start"] == 110.0 == counts["period_start"] and counts["period_end"] == 120.0
+    assert counts["interval"] == {"a": {"in": {"milk": 1}, "out": {}}}
+    assert counts["counted"] == {"a": {"in": {"milk": 4}, "out": {}}}  # 3 were never reported
 
 
 def test_reset_one_line_or_all(tmp_path):
@@ -293,11 +360,12 @@ def test_the_two_databases_of_lanecount_0_1_are_imported_once(tmp_path):
     box.close()
     with StateStore(tmp_path / "state.db") as state:
         assert state.totals() == Counts({("lane", "in", "apple"): 7, ("lane", "out", "milk"): 2})
+        assert state.counted() == state.totals()
         assert state.interval() == Counts({("lane", "in", "apple"): 1})
         assert state.alert_state() == {"alert:depletion:milk": {"estimate": 3, "raised": True}}
-        assert [m.seq for m in state.outbox.pending(10)] == [40, 41]
-        assert state.queue(OutMessage("events/x", {})) == 46  # numbering continues, never reused
-        assert state.outbox.depth() == 3
+        assert [m.seq for m in state.outbox.pending(10)] == [40, 41, 46]  # 46: the epoch message
+        assert state.queue(OutMessage("events/x", {})) == 47  # numbering continues, never reused
+        assert state.outbox.depth() == 4
     assert (tmp_path / "counts.db.migrated").exists() and not (tmp_path / "counts.db").exists()
     with StateStore(tmp_path / "state.db") as state:  # imported once, not again at the next start
         assert state.totals().total() == 9
