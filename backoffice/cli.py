@@ -22,7 +22,16 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from backoffice import __version__, queries
-from backoffice.db import DatabaseError, describe, head_revision, make_engine, migrate, normalise_url, prune, revision
+from backoffice.db import (
+    DatabaseError,
+    describe,
+    head_revision,
+    make_engine,
+    migrate,
+    normalise_url,
+    prune,
+    revision,
+)
 from backoffice.render import render, when
 
 app = typer.Typer(
@@ -296,6 +305,12 @@ def rejected_cmd(limit: Annotated[int, typer.Option(min=1)] = 50, tz: TzOpt = "U
     with _reader(db).connect() as conn:
         rows = queries.rejected(conn, limit=limit)
     typer.echo(render(rows, fmt.value, ["received", "topic", "size", "reason"], tz))
+
+
+# The dashboard's commands (serve, user, site): backoffice/web/cli.py.
+from backoffice.web.cli import register as _register_web  # noqa: E402
+
+_register_web(app)
 
 
 def main() -> None:
