@@ -26,7 +26,8 @@ help:
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
 # OpenCV's sample footage (real pictures nobody here made) for smoke tests, and strace, whose
-# syscall fault injection kills the daemon at every fsync boundary in the state tests.
+# syscall fault injection kills the daemon at every fsync boundary in the state tests; Debian's chromium
+# and chromedriver for the dashboard's browser tests (Selenium drives them; no browser is downloaded).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -35,6 +36,8 @@ system-deps:
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || missing="$$missing opencv-doc"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -47,7 +50,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned: these two come from this machine's disk; any other version downloads gigabytes.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev,bench]'
+	$(PY) -m pip install -q -e '.[edge,train,export,fleet,dev,bench,backoffice]'
 	touch $@
 
 venv: system-deps $(STAMP)
