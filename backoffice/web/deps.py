@@ -34,6 +34,7 @@ __all__ = [
     "csrf",
     "login_csrf",
     "optional_session",
+    "page_admin_session",
     "page_session",
     "parse_when",
     "settings",
@@ -104,6 +105,13 @@ def page_session(s: Annotated[Session | None, Depends(optional_session)]) -> Ses
 
 def admin_session(s: Annotated[Session, Depends(api_session)]) -> Session:
     """An admin, else 403."""
+    if not s.user.is_admin:
+        raise HTTPException(403, "only an admin may do this")
+    return s
+
+
+def page_admin_session(s: Annotated[Session, Depends(page_session)]) -> Session:
+    """An admin, else 403 (a page: no session goes to the login page)."""
     if not s.user.is_admin:
         raise HTTPException(403, "only an admin may do this")
     return s

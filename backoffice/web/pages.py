@@ -31,6 +31,7 @@ from backoffice.web.deps import (
     csrf,
     login_csrf,
     optional_session,
+    page_admin_session,
     page_session,
     settings,
     store,
@@ -241,14 +242,12 @@ def lane_page(
 
 @router.post("/sites/{site}/settings", dependencies=[Depends(csrf)])
 def store_settings(
-    s: Annotated[Session, Depends(page_session)],
+    s: Annotated[Session, Depends(page_admin_session)],
     ref: Annotated[StoreRef, Depends(store)],
     cfg: Annotated[Settings, Depends(settings)],
     tz: Annotated[str, Form(max_length=64)],
 ) -> Response:
     """An admin sets the store's time zone."""
-    if not s.user.is_admin:
-        raise HTTPException(403, "only an admin may change a store's settings")
     set_site_tz(cfg.writer, ref.site, check_tz(tz.strip()), s.user.name)
     return RedirectResponse(f"/sites/{quote(ref.site, safe='')}", status_code=303)
 

@@ -60,7 +60,7 @@ class Lane:
         state: ``online``, ``offline``, ``stale`` (online by its retained status, but no counts for
             ``STALE_PERIODS`` of its periods) or ``unknown`` (no status received).
         since: when that state began (status time; for ``stale`` the last counts received).
-        period_s: its counts period, from its two newest counts messages (None before two arrive).
+        period_s: its counts period, from its newest counts messages (None while unknown: never stale).
         outdated: its model version is not the fleet's newest.
     """
 
@@ -109,33 +109,48 @@ def lane_state(row: queries.DeviceRow, period_s: float | None, now: float) -> tu
     return row.status, row.status_at
 
 
-def periods(conn: Connection, site: str | None = None) -> dict[tuple[str, str], float]:
-    """Each lane's counts period: the longer of its newest counts message and that one's predecessor.
+def _regular(start: float | None, end: float | None) -> float | None:
+    """The length of a regular period (start and end both multiples of it), else None.
 
-    A period after a start or before a stop is cut short; the longer of two is the configured one
-    unless the device restarted twice in a row. Two index look-ups per lane (no scan of the periods).
+    A counts period ends on a multiple of the device's period (PROTOCOL.md section 4); the exceptions
+    are cut short by a start or a stop, or are the one catch-up period after a pause, and those are
+    (almost never) multiples of their own length at both ends.
+    """
+    if start is None or end is None or end - start <= 0:
+        return None
+    d = end - start
+    return d if all(abs(x / d - round(x / d)) < 1e-6 for x in (start, end)) else None
+
+
+def periods(conn: Connection, site: str | None = None) -> dict[tuple[str, str], float]:
+    """Each lane's counts period: the newest regular period among its three newest counts messages.
+
+    Three index look-ups per lane (the newest message and its chain predecessors), no scan.
     """
     d, cp = t.devices.c, t.counts_periods
-    prev = aliased(cp)
+    p1, p2 = aliased(cp), aliased(cp)
     q = select(
         d.site,
         d.device,
         cp.c.period_start,
         cp.c.period_end,
-        prev.c.period_start.label("p0"),
-        prev.c.period_end.label("p1"),
+        p1.c.period_start.label("s1"),
+        p1.c.period_end.label("e1"),
+        p2.c.period_start.label("s2"),
+        p2.c.period_end.label("e2"),
     ).select_from(
-        t.devices.join(cp, and_(cp.c.device_id == d.id, cp.c.period_end == d.last_counts_end)).outerjoin(
-            prev, and_(prev.c.device_id == d.id, prev.c.period_end == cp.c.gap_start)
-        )
+        t.devices.join(cp, and_(cp.c.device_id == d.id, cp.c.period_end == d.last_counts_end))
+        .outerjoin(p1, and_(p1.c.device_id == d.id, p1.c.period_end == cp.c.gap_start))
+        .outerjoin(p2, and_(p2.c.device_id == d.id, p2.c.period_end == p1.c.gap_start))
     )
     if site is not None:
         q = q.where(d.site == site)
     out: dict[tuple[str, str], float] = {}
     for r in conn.execute(q):
-        p = max(r.period_end - r.period_start, (r.p1 - r.p0) if r.p1 is not None else 0.0)
-        if p > 0:
-            out[(r.site, r.device)] = max(p, out.get((r.site, r.device), 0.0))
+        for start, end in ((r.period_start, r.period_end), (r.s1, r.e1), (r.s2, r.e2)):
+            if (p := _regular(start, end)) is not None:
+                out.setdefault((r.site, r.device), p)
+                break
     return out
 
 
