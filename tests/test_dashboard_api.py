@@ -19,20 +19,20 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the dashboard needs the backoffice extra (make venv installs it)")
 
-from broker import Broker, Subscriber, mosquitto_binary, wait_until  # noqa: E402
-from dash_util import PASSWORD, answer, engines, flush, login, status  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+from broker import Broker, Subscriber, mosquitto_binary, wait_until
+from dash_util import PASSWORD, answer, engines, flush, login, status
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
-from backoffice.collector import BrokerURL  # noqa: E402
-from backoffice.ingest import Ingest  # noqa: E402
-from backoffice.simdevice import SimDevice  # noqa: E402
-from backoffice.web import views  # noqa: E402
-from backoffice.web.access import ENDPOINTS, Endpoint  # noqa: E402
-from backoffice.web.accounts import User, add_user  # noqa: E402
-from backoffice.web.app import create_app  # noqa: E402
-from backoffice.web.commands import Commander  # noqa: E402
-from backoffice.web.deps import Settings  # noqa: E402
+from backoffice.collector import BrokerURL
+from backoffice.ingest import Ingest
+from backoffice.simdevice import SimDevice
+from backoffice.web import views
+from backoffice.web.access import ENDPOINTS, Endpoint
+from backoffice.web.accounts import User, add_user
+from backoffice.web.app import create_app
+from backoffice.web.commands import Commander
+from backoffice.web.deps import Settings
 
 A, B = "north-17", "south-42"  # distinctive: a page of B's user must not contain A anywhere
 TZ = "Europe/Paris"
@@ -279,7 +279,7 @@ def test_secure_cookies_behind_tls(world: World) -> None:
     c = TestClient(create_app(cfg), base_url="https://testserver", raise_server_exceptions=False)
     token = c.get("/api/csrf").json()["csrf_token"]
     res = c.post("/api/login", json={"name": "alice", "password": PASSWORD}, headers={"X-CSRF-Token": token})
-    cookie = [v for k, v in res.headers.multi_items() if k == "set-cookie" and "session" in v][0]
+    cookie = next(v for k, v in res.headers.multi_items() if k == "set-cookie" and "session" in v)
     assert cookie.startswith("__Host-lanecount_session=") and "Secure" in cookie and "HttpOnly" in cookie
 
 
@@ -429,7 +429,7 @@ def test_a_command_to_an_offline_device_is_queued_never_done(world: World) -> No
     assert wait_until(
         lambda: any(json.loads(m.payload).get("id") == cmd["id"] for m in world.sub.on(topic)), 5
     )
-    sent = [json.loads(m.payload) for m in world.sub.on(topic) if json.loads(m.payload)["id"] == cmd["id"]][0]
+    sent = next(p for p in (json.loads(m.payload) for m in world.sub.on(topic)) if p["id"] == cmd["id"])
     assert sent == {"id": cmd["id"], "product": "milk_carton", "stock": 12}
     page = own.get(f"/commands/{cmd['id']}").text
     assert "queued" in page and "sent, no answer yet" in page and 'id="command-state">done' not in page

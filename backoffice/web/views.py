@@ -94,8 +94,14 @@ class Store:
         return sum(1 for ln in self.lanes if ln.state == state)
 
 
-def lane_state(row: queries.DeviceRow, period_s: float | None, now: float) -> tuple[str, float | None]:
-    """(state, since) of a lane: the retained status, overruled by ``stale`` when its counts stopped."""
+def lane_state(
+    row: queries.DeviceRow, period_s: float | None, now: float, uptime_s: float | None = None
+) -> tuple[str, float | None]:
+    """(state, since) of a lane: its retained status, overruled by ``stale`` when its counts stopped.
+
+    ``since``: online, when the daemon started (status time less its uptime); offline, the status
+    time; stale, the last counts received.
+    """
     if row.status is None:
         return "unknown", None
     received = row.last_counts_received
@@ -106,7 +112,23 @@ def lane_state(row: queries.DeviceRow, period_s: float | None, now: float) -> tu
         and now - received > STALE_PERIODS * period_s
     ):
         return "stale", received
+    if row.status == "online" and row.status_at is not None and uptime_s is not None:
+        return "online", row.status_at - uptime_s
     return row.status, row.status_at
+
+
+def uptimes(conn: Connection, site: str | None = None) -> dict[tuple[str, str], float]:
+    """Each online lane's uptime at its last status (from the retained status document)."""
+    d = t.devices.c
+    q = select(d.site, d.device, d.status_json).where(d.status == "online")
+    if site is not None:
+        q = q.where(d.site == site)
+    out = {}
+    for r in conn.execute(q):
+        up = json.loads(r.status_json or "{}").get("uptime_s")
+        if isinstance(up, (int, float)):
+            out[(r.site, r.device)] = float(up)
+    return out
 
 
 def _regular(start: float | None, end: float | None) -> float | None:
@@ -181,16 +203,17 @@ def fleet(
     tzs = site_tz(conn, default_tz)
     newest = newest_version(conn)
     if user.is_admin:
-        rows, per = queries.devices(conn), periods(conn)
+        rows, per, up = queries.devices(conn), periods(conn), uptimes(conn)
     else:
-        rows, per = [], {}
+        rows, per, up = [], {}, {}
         for s in user.sites:
             rows += queries.devices(conn, site=s)
             per |= periods(conn, site=s)
+            up |= uptimes(conn, site=s)
     stores: dict[str, Store] = {}
     for r in rows:
         p = per.get((r.site, r.device))
-        state, since = lane_state(r, p, now)
+        state, since = lane_state(r, p, now, up.get((r.site, r.device)))
         outdated = bool(newest and r.model_version and version_key(r.model_version) < version_key(newest))
         store = stores.setdefault(r.site, Store(r.site, tzs.get(r.site, default_tz)))
         store.lanes.append(Lane(r, state, since, p, outdated))
@@ -204,7 +227,8 @@ def lane(conn: Connection, site: str, device: str, now: float | None = None) -> 
         return None
     newest = newest_version(conn)
     p = periods(conn, site=site).get((site, device))
-    state, since = lane_state(rows[0], p, time.time() if now is None else now)
+    up = uptimes(conn, site=site).get((site, device))
+    state, since = lane_state(rows[0], p, time.time() if now is None else now, up)
     outdated = bool(
         newest and rows[0].model_version and version_key(rows[0].model_version) < version_key(newest)
     )
