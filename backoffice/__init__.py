@@ -9,7 +9,7 @@ Layout (the ingest path reads top-down: message → validate → batch → commi
   device state, alerts
 - :mod:`backoffice.figures`   counts messages → hourly roll-ups that hold (missing stretches, epochs)
 - :mod:`backoffice.collector` the MQTT 5 shared-subscription client: batch, commit, then acknowledge
-- :mod:`backoffice.queries`   counts, devices, gaps, alerts...: plain functions the CLI and the dashboard share
+- :mod:`backoffice.queries`   counts, devices, gaps, alerts: plain functions the CLI and the dashboard share
 - :mod:`backoffice.cli`       ``lanecount-backoffice``
 - :mod:`backoffice.simdevice` simulated devices that follow the protocol (tests, benchmark)
 """

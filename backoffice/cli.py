@@ -59,7 +59,11 @@ class By(str, Enum):
 
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", envvar="LANECOUNT_BACKOFFICE_DB", help="database URL or SQLite file [default: ./lanecount-backoffice.db]"),
+    typer.Option(
+        "--db",
+        envvar="LANECOUNT_BACKOFFICE_DB",
+        help="database URL or SQLite file [default: ./lanecount-backoffice.db]",
+    ),
 ]
 FmtOpt = Annotated[Fmt, typer.Option("--format", "-f", help="table, csv or json")]
 SiteOpt = Annotated[str | None, typer.Option("--site", help="store id")]
@@ -74,8 +78,11 @@ def fail(message: str) -> None:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("backoffice.collector.paho").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _engine(db: str | None, writer: bool = False) -> Engine:
@@ -91,13 +98,16 @@ def _reader(db: str | None) -> Engine:
     engine = _engine(db)
     url = normalise_url(db)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
-        fail(f"no database at {url[len('sqlite:///'):]}: start `lanecount-backoffice collect` or pass --db")
+        fail(f"no database at {url[len('sqlite:///') :]}: start `lanecount-backoffice collect` or pass --db")
     try:
         rev = revision(engine)
     except SQLAlchemyError as exc:
         fail(f"cannot open {describe(url)}: {_short(exc)}")
     if rev != head_revision():
-        fail(f"{describe(url)} is at schema {rev or 'none'}, this version needs {head_revision()}: run `lanecount-backoffice migrate --db ...`")
+        fail(
+            f"{describe(url)} is at schema {rev or 'none'}, this version needs {head_revision()}: "
+            "run `lanecount-backoffice migrate --db ...`"
+        )
     return engine
 
 
@@ -106,7 +116,7 @@ def _short(exc: BaseException) -> str:
 
 
 def parse_time(value: str, tz: str, now: float | None = None) -> float:
-    """``now``, ``today``, ``-30d``/``-2h``/``-15m``, Unix seconds, or ISO date/time (in ``tz`` unless it has an offset).
+    """A time: ``now``, ``today``, ``-30d``/``-2h``/``-15m``, Unix seconds, or ISO (in ``tz`` unless offset).
 
     Raises:
         typer.BadParameter: anything else.
@@ -117,7 +127,9 @@ def parse_time(value: str, tz: str, now: float | None = None) -> float:
     if v == "now":
         return now
     if v == "today":
-        return datetime.fromtimestamp(now, zone).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        return (
+            datetime.fromtimestamp(now, zone).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        )
     if m := re.fullmatch(r"-(\d+(?:\.\d+)?)([dhm])", v):
         return now - float(m.group(1)) * {"d": 86400, "h": 3600, "m": 60}[m.group(2)]
     if re.fullmatch(r"\d{9,11}(\.\d+)?", v):
@@ -125,7 +137,9 @@ def parse_time(value: str, tz: str, now: float | None = None) -> float:
     try:
         dt = datetime.fromisoformat(v)
     except ValueError:
-        raise typer.BadParameter(f"{value!r}: use now, today, -30d, -2h, Unix seconds or 2025-12-06[T14:00]") from None
+        raise typer.BadParameter(
+            f"{value!r}: use now, today, -30d, -2h, Unix seconds or 2025-12-06[T14:00]"
+        ) from None
     return (dt if dt.tzinfo else dt.replace(tzinfo=zone)).timestamp()
 
 
@@ -139,18 +153,48 @@ def _check_tz(tz: str) -> str:
 
 @app.command()
 def collect(
-    broker: Annotated[str, typer.Option("--broker", envvar="LANECOUNT_BACKOFFICE_BROKER", help="mqtt://[user@]HOST[:PORT] or mqtts://...")],
+    broker: Annotated[
+        str,
+        typer.Option(
+            "--broker", envvar="LANECOUNT_BACKOFFICE_BROKER", help="mqtt://[user@]HOST[:PORT] or mqtts://..."
+        ),
+    ],
     db: DbOpt = None,
     prefix: Annotated[str, typer.Option(help="topic prefix of the devices")] = "lanecount",
-    group: Annotated[str, typer.Option(help="shared-subscription group: collectors of one group split the load")] = "lanecount-backoffice",
-    client_id: Annotated[str | None, typer.Option(help="MQTT client id (stable: it names the persistent session) [default: lanecount-backoffice-HOSTNAME]")] = None,
+    group: Annotated[
+        str,
+        typer.Option(
+            help="shared-subscription group: collectors of one group split the load "
+            "('': plain subscriptions, for one collector)"
+        ),
+    ] = "lanecount-backoffice",
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT client id (keep it stable: it names the persistent session) "
+            "[default: lanecount-backoffice-HOSTNAME]"
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10000, help="messages per transaction at most")] = 500,
-    batch_ms: Annotated[float, typer.Option(min=1, max=10000, help="longest wait (ms) to fill a batch")] = 100.0,
-    keep_days: Annotated[float | None, typer.Option(min=0.01, help="remove raw messages older than this (roll-ups stay) [default: keep all]")] = None,
+    batch_ms: Annotated[
+        float, typer.Option(min=1, max=10000, help="longest wait (ms) to fill a batch")
+    ] = 100.0,
+    keep_days: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01, help="remove raw messages older than this (roll-ups stay) [default: keep all]"
+        ),
+    ] = None,
     max_bytes: Annotated[int, typer.Option(min=256, help="larger payloads are rejected")] = 65536,
-    session_expiry_s: Annotated[int, typer.Option(min=0, help="how long the broker keeps this collector's messages while it is away")] = 7 * 86400,
-    password_file: Annotated[Path | None, typer.Option(help="broker password (relative to $CREDENTIALS_DIRECTORY under systemd)")] = None,
-    stats_out: Annotated[Path | None, typer.Option(help="write counters and latency percentiles (JSON) here")] = None,
+    session_expiry_s: Annotated[
+        int, typer.Option(min=0, help="how long the broker keeps this collector's messages while it is away")
+    ] = 7 * 86400,
+    password_file: Annotated[
+        Path | None, typer.Option(help="broker password (relative to $CREDENTIALS_DIRECTORY under systemd)")
+    ] = None,
+    stats_out: Annotated[
+        Path | None, typer.Option(help="write counters and latency percentiles (JSON) here")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Subscribe to every device's messages and store them exactly once (foreground; systemd Type=notify)."""
@@ -166,19 +210,28 @@ def collect(
         fail(str(exc))
     password = _read_password(password_file)
     engine = _engine(db, writer=True)
+    cfg = CollectorConfig(
+        broker=url,
+        prefix=prefix.strip("/"),
+        group=group,
+        batch_size=batch_size,
+        batch_ms=batch_ms,
+        keep_days=keep_days,
+        max_bytes=max_bytes,
+        session_expiry_s=session_expiry_s,
+        stats_out=stats_out,
+    )
+    if client_id:
+        cfg.client_id = client_id
+    collector = Collector(cfg, Ingest(engine), password)
+    collector.install_signals()  # a SIGTERM during the migration below ends the run cleanly
     try:
         before, after = migrate(engine)
     except SQLAlchemyError as exc:
         fail(f"cannot open {describe(normalise_url(db))}: {_short(exc)}")
     if before != after:
         log.info("database %s migrated %s -> %s", describe(normalise_url(db)), before or "empty", after)
-    cfg = CollectorConfig(broker=url, prefix=prefix.strip("/"), group=group, batch_size=batch_size, batch_ms=batch_ms,
-                          keep_days=keep_days, max_bytes=max_bytes, session_expiry_s=session_expiry_s, stats_out=stats_out)
-    if client_id:
-        cfg.client_id = client_id
     log.info("lanecount-backoffice %s: %s -> %s", __version__, broker, describe(normalise_url(db)))
-    collector = Collector(cfg, Ingest(engine), password)
-    collector.install_signals()
     raise typer.Exit(collector.run())
 
 
@@ -202,12 +255,17 @@ def migrate_cmd(db: DbOpt = None) -> None:
         before, after = migrate(_engine(db, writer=True))
     except SQLAlchemyError as exc:
         fail(f"cannot migrate {describe(url)}: {_short(exc)}")
-    typer.echo(f"{describe(url)}: schema {before or 'none'} -> {after}" if before != after else f"{describe(url)}: schema {after} (up to date)")
+    typer.echo(
+        f"{describe(url)}: schema {before or 'none'} -> {after}"
+        if before != after
+        else f"{describe(url)}: schema {after} (up to date)"
+    )
 
 
 @app.command("prune")
 def prune_cmd(
-    keep_days: Annotated[float, typer.Option(min=0.01, help="remove raw messages older than this")], db: DbOpt = None
+    keep_days: Annotated[float, typer.Option(min=0.01, help="remove raw messages older than this")],
+    db: DbOpt = None,
 ) -> None:
     """Remove raw messages, crossings and periods older than --keep-days (hourly roll-ups stay)."""
     n = prune(_reader(db), keep_days)
@@ -218,7 +276,9 @@ def prune_cmd(
 def counts_cmd(
     site: SiteOpt = None,
     device: DeviceOpt = None,
-    since: Annotated[str, typer.Option(help="start: now, today, -30d, -2h, Unix seconds or ISO date/time")] = "today",
+    since: Annotated[
+        str, typer.Option(help="start: now, today, -30d, -2h, Unix seconds or ISO date/time")
+    ] = "today",
     until: Annotated[str, typer.Option(help="end (exclusive), same forms")] = "now",
     by: Annotated[By, typer.Option(help="hour or day")] = By.hour,
     per_device: Annotated[bool, typer.Option("--per-device", help="one row per lane")] = False,
@@ -236,20 +296,38 @@ def counts_cmd(
     if hi - lo > 400 * 86400:
         fail("the range is longer than 400 days: narrow --since/--until")
     with _reader(db).connect() as conn:
-        res = queries.counts(conn, since=lo, until=hi, site=site, device=device, by=by.value, tz=tz, per_device=per_device)
-    cols = ["site", *(["device"] if per_device or device else []), "start", "line", "direction", "class_name", "n", "exact"]
+        res = queries.counts(
+            conn, since=lo, until=hi, site=site, device=device, by=by.value, tz=tz, per_device=per_device
+        )
+    cols = [
+        "site",
+        *(["device"] if per_device or device else []),
+        "start",
+        "line",
+        "direction",
+        "class_name",
+        "n",
+        "exact",
+    ]
     if fmt is Fmt.json:
         import json
 
         from backoffice.render import _plain
 
-        typer.echo(json.dumps({"rows": [_plain(r) for r in res.rows], "spans": [_plain(s) for s in res.spans]}, indent=1))
+        typer.echo(
+            json.dumps(
+                {"rows": [_plain(r) for r in res.rows], "spans": [_plain(s) for s in res.spans]}, indent=1
+            )
+        )
         return
     typer.echo(render(res.rows, fmt.value, cols, tz))
     if res.spans:
         out = sys.stderr if fmt is Fmt.csv else sys.stdout
         print("\nnot exact (buckets marked NO overlap these spans):", file=out)
-        print(render(res.spans, "table", ["site", "device", "start", "end", "kind", "counts", "reason"], tz), file=out)
+        print(
+            render(res.spans, "table", ["site", "device", "start", "end", "kind", "counts", "reason"], tz),
+            file=out,
+        )
 
 
 @app.command("devices")
@@ -258,13 +336,31 @@ def devices_cmd(site: SiteOpt = None, tz: TzOpt = "UTC", fmt: FmtOpt = Fmt.table
     tz = _check_tz(tz)
     with _reader(db).connect() as conn:
         rows = queries.devices(conn, site=site)
-    cols = ["site", "device", "status", "status_at", "model_version", "fps", "source_state", "last_counts_end",
-            "open_alerts", "missing_messages", "epoch", "state_recovered"]
+    cols = [
+        "site",
+        "device",
+        "status",
+        "status_at",
+        "model_version",
+        "fps",
+        "source_state",
+        "last_counts_end",
+        "open_alerts",
+        "missing_messages",
+        "epoch",
+        "state_recovered",
+    ]
     typer.echo(render(rows, fmt.value, cols, tz))
 
 
 @app.command("gaps")
-def gaps_cmd(site: SiteOpt = None, device: DeviceOpt = None, tz: TzOpt = "UTC", fmt: FmtOpt = Fmt.table, db: DbOpt = None) -> None:
+def gaps_cmd(
+    site: SiteOpt = None,
+    device: DeviceOpt = None,
+    tz: TzOpt = "UTC",
+    fmt: FmtOpt = Fmt.table,
+    db: DbOpt = None,
+) -> None:
     """Missing seq ranges per (site, device, epoch); they close when late messages arrive."""
     tz = _check_tz(tz)
     with _reader(db).connect() as conn:
@@ -289,17 +385,39 @@ def alerts_cmd(
 
 
 @app.command("epochs")
-def epochs_cmd(site: SiteOpt = None, device: DeviceOpt = None, tz: TzOpt = "UTC", fmt: FmtOpt = Fmt.table, db: DbOpt = None) -> None:
+def epochs_cmd(
+    site: SiteOpt = None,
+    device: DeviceOpt = None,
+    tz: TzOpt = "UTC",
+    fmt: FmtOpt = Fmt.table,
+    db: DbOpt = None,
+) -> None:
     """Epochs per lane: first seen, how each began, seq range."""
     tz = _check_tz(tz)
     with _reader(db).connect() as conn:
         rows = queries.epochs(conn, site=site, device=device)
-    cols = ["site", "device", "epoch", "first_seen", "state", "prev_epoch", "prev_last_seq", "min_seq", "max_seq", "messages"]
+    cols = [
+        "site",
+        "device",
+        "epoch",
+        "first_seen",
+        "state",
+        "prev_epoch",
+        "prev_last_seq",
+        "min_seq",
+        "max_seq",
+        "messages",
+    ]
     typer.echo(render(rows, fmt.value, cols, tz))
 
 
 @app.command("rejected")
-def rejected_cmd(limit: Annotated[int, typer.Option(min=1)] = 50, tz: TzOpt = "UTC", fmt: FmtOpt = Fmt.table, db: DbOpt = None) -> None:
+def rejected_cmd(
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    tz: TzOpt = "UTC",
+    fmt: FmtOpt = Fmt.table,
+    db: DbOpt = None,
+) -> None:
     """Malformed messages (newest first) with the reason each was rejected."""
     tz = _check_tz(tz)
     with _reader(db).connect() as conn:
@@ -320,4 +438,3 @@ def main() -> None:
     except SQLAlchemyError as exc:
         typer.echo(f"error: database: {_short(exc)}", err=True)
         sys.exit(1)
-

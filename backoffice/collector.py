@@ -118,7 +118,19 @@ class Stats:
     def __init__(self) -> None:
         self.started = time.time()
         self.counts: dict[str, int] = dict.fromkeys(
-            ("messages", "stored", "duplicates", "conflicts", "rejected", "expired", "status", "batches", "retries", "acked"), 0
+            (
+                "messages",
+                "stored",
+                "duplicates",
+                "conflicts",
+                "rejected",
+                "expired",
+                "status",
+                "batches",
+                "retries",
+                "acked",
+            ),
+            0,
         )
         self.lag: deque[float] = deque(maxlen=200_000)  # device timestamp -> commit
         self.hold: deque[float] = deque(maxlen=200_000)  # received -> commit
@@ -151,8 +163,9 @@ class Stats:
         """One log line."""
         s = self.snapshot()
         return (
-            f"stored {s['stored']} ({s['stored_per_s']}/s), duplicates {s['duplicates']}, conflicts {s['conflicts']}, "
-            f"rejected {s['rejected']}, lag p50 {s['lag_p50_s']} s p99 {s['lag_p99_s']} s"
+            f"stored {s['stored']} ({s['stored_per_s']}/s), duplicates {s['duplicates']}, "
+            f"conflicts {s['conflicts']}, rejected {s['rejected']}, "
+            f"lag p50 {s['lag_p50_s']} s p99 {s['lag_p99_s']} s"
         )
 
 
@@ -197,7 +210,10 @@ class Collector:
         )
         client.enable_logger(log.getChild("paho"))
         client.suppress_exceptions = True
-        client.reconnect_delay_set(1, 30)
+        # Back quickly after a broker restart: Mosquitto 2.0.11 forgets shared subscriptions across a
+        # restart (plain ones it restores), so until we subscribe again messages for the group reach
+        # no one. Devices and store bridges reconnect after >= 1 s; we try every 0.2 s at first.
+        client.reconnect_delay_set(0.2, 10)  # type: ignore[arg-type]  # paho takes floats
         if self.cfg.broker.username:
             client.username_pw_set(self.cfg.broker.username, password)
         if self.cfg.broker.tls:
@@ -205,10 +221,11 @@ class Collector:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         # Unacknowledged messages the broker may send us: a few batches' worth, so a batch can fill up.
         props.ReceiveMaximum = min(65535, max(100, 4 * self.cfg.batch_size))
@@ -216,7 +233,12 @@ class Collector:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.warning("MQTT broker %s:%d refused the connection: %s", self.cfg.broker.host, self.cfg.broker.port, reason)
+            log.warning(
+                "MQTT broker %s:%d refused the connection: %s",
+                self.cfg.broker.host,
+                self.cfg.broker.port,
+                reason,
+            )
             return
         with self._ack_lock:
             self._gen += 1
@@ -232,6 +254,13 @@ class Collector:
             self.cfg.group,
         )
         self._connected.set()
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("the broker refused subscriptions: %s", ", ".join(failed))
+        else:
+            log.info("subscribed to %d topic filters", len(reasons))
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         with self._ack_lock:
@@ -252,7 +281,9 @@ class Collector:
     def run(self) -> int:
         """Collect until SIGTERM/SIGINT or :meth:`stop`; return the exit code."""
         b = self.cfg.broker
-        self._client.connect_async(b.host, b.port, keepalive=30, clean_start=False, properties=self._connect_properties())
+        self._client.connect_async(
+            b.host, b.port, keepalive=30, clean_start=False, properties=self._connect_properties()
+        )
         self._client.loop_start()
         self.notifier.ready(f"collecting from {b.host}:{b.port}")
         next_report = time.monotonic() + self.cfg.report_every_s
@@ -340,10 +371,15 @@ class Collector:
             except DBAPIError as exc:
                 if failing_since is None:
                     failing_since = time.monotonic()
-                    log.error("database unavailable, retrying (nothing is acknowledged meanwhile): %s", _one_line(exc))
+                    log.error(
+                        "database unavailable, retrying (nothing is acknowledged meanwhile): %s",
+                        _one_line(exc),
+                    )
                 self.stats.counts["retries"] += 1
                 if self._stop.wait(delay) and time.monotonic() - failing_since > 20:
-                    log.error("stopping with the database unavailable: %d messages left to the broker", len(batch))
+                    log.error(
+                        "stopping with the database unavailable: %d messages left to the broker", len(batch)
+                    )
                     return None
                 delay = min(5.0, delay * 2)
 
@@ -358,7 +394,9 @@ class Collector:
                 m = batch[0]
                 log.error("the database refused a message on %s: %s", m.topic[:200], _one_line(exc))
                 raw = m.text.encode() if isinstance(m, Message) else m.raw
-                return self.ingest.store([Rejection(m.topic, raw, f"database refused it: {_one_line(exc)}", m.received)])
+                return self.ingest.store(
+                    [Rejection(m.topic, raw, f"database refused it: {_one_line(exc)}", m.received)]
+                )
             half = len(batch) // 2
             a, b = self._store_splitting(batch[:half]), self._store_splitting(batch[half:])
             return _merge(a, b)
@@ -379,7 +417,9 @@ class Collector:
         try:
             n = prune(self.ingest.engine, self.cfg.keep_days)
             if n:
-                log.info("retention: removed %d rows older than %g days (roll-ups stay)", n, self.cfg.keep_days)
+                log.info(
+                    "retention: removed %d rows older than %g days (roll-ups stay)", n, self.cfg.keep_days
+                )
         except SQLAlchemyError as exc:
             log.error("retention failed (will retry): %s", _one_line(exc))
 
@@ -422,4 +462,3 @@ def _merge(a: Outcome, b: Outcome) -> Outcome:
         setattr(out, k, getattr(a, k) + getattr(b, k))
     out.conflict_lines = a.conflict_lines + b.conflict_lines
     return out
-

@@ -170,13 +170,13 @@ def prune(engine: Engine, keep_days: float, now: float | None = None, step_s: fl
 
 def _prune_slice(conn: Connection, cut: float) -> int:
     m = t.messages
-    top = (
-        select(func.max(m.c.seq)).where(m.c.epoch_id == t.epochs.c.id, m.c.ts < cut).scalar_subquery()
-    )
+    top = select(func.max(m.c.seq)).where(m.c.epoch_id == t.epochs.c.id, m.c.ts < cut).scalar_subquery()
     old_epochs = select(m.c.epoch_id).where(m.c.ts < cut).distinct()
     pruned = t.epochs.c.pruned_seq
     conn.execute(
-        t.epochs.update().where(t.epochs.c.id.in_(old_epochs)).values(pruned_seq=case((top > pruned, top), else_=pruned))
+        t.epochs.update()
+        .where(t.epochs.c.id.in_(old_epochs))
+        .values(pruned_seq=case((top > pruned, top), else_=pruned))
     )
     n = conn.execute(m.delete().where(m.c.ts < cut)).rowcount
     n += conn.execute(t.crossings.delete().where(t.crossings.c.ts < cut)).rowcount

@@ -156,7 +156,9 @@ class Period:
             "period_start": self.start,
             "period_end": self.end,
             "interval": json.dumps(nest(self.interval), separators=(",", ":")),
-            "counted": None if self.counted is None else json.dumps(nest(self.counted), separators=(",", ":")),
+            "counted": None
+            if self.counted is None
+            else json.dumps(nest(self.counted), separators=(",", ":")),
             **self.settled(),
         }
 
@@ -219,6 +221,7 @@ class EpochState:
     pruned_seq: int = 0
     tail_seq: int | None = None
     tail_end: float | None = None
+    counted_start: dict[Key, int] | None = None  # the epoch message's `counted` (None: not arrived)
     announced: Any = None  # the epoch message that arrived in this batch
     dirty: set[str] = field(default_factory=set)
 
@@ -244,11 +247,27 @@ class EpochState:
         """Continues the parent's database seamlessly: its first counts chain to the parent's."""
         return self.state == "continued" and self.parent_id is not None and not self.is_break
 
+    @property
+    def fresh_db(self) -> bool:
+        """The epoch began on an empty database (nothing counted before it: nothing to replay)."""
+        return self.state is not None and self.counted_start == {}
+
     def is_replay(self, p: Period) -> bool:
         """A break's carried-over period or catch-up: counted by the parent already (or lost)."""
-        if not self.is_break:
+        if not self.is_break or self.fresh_db:
             return False
         return (self.started is not None and p.end <= self.started) or p.start == self.interval_start
+
+    def virtual_start(self) -> Period | None:
+        """The epoch message as the chain's start when no earlier counts message is known.
+
+        On an empty database it is exact (counted was zero at ``interval_start``); otherwise it only
+        says where the epoch's periods began (what came before is unknown).
+        """
+        if self.state is None or self.interval_start is None or (self.is_break and not self.fresh_db):
+            return None
+        counted: dict[Key, int] | None = {} if self.fresh_db else None
+        return Period(self.id, 0, self.device_id, self.interval_start, self.interval_start, {}, counted)
 
     def set(self, **values: Any) -> None:
         """Change fields and remember them for the write-back."""
@@ -314,9 +333,11 @@ class Settler:
             p.gap_start = pred.end
             missing = _missing(pred, p)
             if missing is None:
-                unknown = p.start != pred.end
+                unknown = p.start > pred.end
             elif missing:
-                exact, rest = attribute(missing, pred.end, p.start, self.events(p.device_id, path, pred.end, p.start))
+                exact, rest = attribute(
+                    missing, pred.end, p.start, self.events(p.device_id, path, pred.end, p.start)
+                )
         own, own_rest = attribute(p.interval, p.start, p.end, self.events(p.device_id, path, p.start, p.end))
         for k, n in own.items():
             exact[k] = exact.get(k, 0) + n
@@ -334,7 +355,10 @@ class Settler:
             ep.set(tail_seq=p.seq, tail_end=p.end)
 
     def predecessor(self, p: Period, ep: EpochState) -> tuple[Period | None, list[int]]:
-        """The counts message before ``p`` on the same database, and the epochs walked to find it."""
+        """The counts message before ``p`` on the same database, and the epochs walked to find it.
+
+        Without one, the start of the chain's first epoch (:meth:`EpochState.virtual_start`), if known.
+        """
         path = [ep.id]
         below, cur = p.seq, ep
         for _ in range(_MAX_HOPS):
@@ -347,7 +371,7 @@ class Settler:
             if row is not None:
                 return Period.from_row(row), path
             if not cur.linked or cur.parent_id is None or cur.prev_last_seq is None:
-                return None, path
+                return cur.virtual_start(), path
             below = cur.prev_last_seq + 1
             cur = self.epoch(cur.parent_id)
             path.append(cur.id)
@@ -377,7 +401,9 @@ class Settler:
         ).first()
         return None if row is None else Period.from_row(row)
 
-    def events(self, device_id: int, epoch_ids: list[int], start: float, end: float) -> list[tuple[float, Key]]:
+    def events(
+        self, device_id: int, epoch_ids: list[int], start: float, end: float
+    ) -> list[tuple[float, Key]]:
         """Crossing events of these epochs in ``[start, end)``; none needed inside one hour."""
         if end <= hour_of(start) + HOUR:
             return []
@@ -393,7 +419,9 @@ class Settler:
         """Write ``p``'s settlement back."""
         cp = t.counts_periods.c
         self.conn.execute(
-            t.counts_periods.update().where(and_(cp.epoch_id == p.epoch_id, cp.seq == p.seq)).values(**p.settled())
+            t.counts_periods.update()
+            .where(and_(cp.epoch_id == p.epoch_id, cp.seq == p.seq))
+            .values(**p.settled())
         )
 
     def resettle(self, p: Period) -> None:
@@ -412,7 +440,9 @@ class Settler:
     def resettle_start(self, ep: EpochState) -> None:
         """After an epoch's link changed: settle its first periods again (replays, the chain's start)."""
         cp = t.counts_periods.c
-        rows = self.conn.execute(select(t.counts_periods).where(cp.epoch_id == ep.id).order_by(cp.seq).limit(64)).all()
+        rows = self.conn.execute(
+            select(t.counts_periods).where(cp.epoch_id == ep.id).order_by(cp.seq).limit(64)
+        ).all()
         for r in rows:
             p = Period.from_row(r)
             replay_before = p.role == "replay"
@@ -433,11 +463,17 @@ class Settler:
         span: tuple[float, float, str] | None = None
         if ep.is_break:
             replay_end = self.conn.execute(
-                select(cp.period_end).where(cp.epoch_id == ep.id, cp.role == "replay").order_by(cp.period_end.desc()).limit(1)
+                select(cp.period_end)
+                .where(cp.epoch_id == ep.id, cp.role == "replay")
+                .order_by(cp.period_end.desc())
+                .limit(1)
             ).scalar()
-            end = max(x for x in (ep.started, replay_end, ep.interval_start) if x is not None) if (
-                ep.started is not None or replay_end is not None or ep.interval_start is not None
-            ) else None
+            # Up to the epoch's start, its replays, and (when its first periods were lost too) its first
+            # counted period: what lies before cannot be proven.
+            ends = [ep.started, replay_end, ep.interval_start]
+            if first is not None and not ep.fresh_db:
+                ends.append(float(first.period_start))
+            end = max((x for x in ends if x is not None), default=None)
             if end is not None:
                 start = self._covered_until(ep, end)
                 if start is None:
@@ -453,7 +489,7 @@ class Settler:
         self._write_span(ep, span)
 
     def _covered_until(self, ep: EpochState, end: float, overlap: float | None = None) -> float | None:
-        """Where the earlier coverage of this device stops: the parent's last period, else any other epoch's."""
+        """Where the device's earlier coverage stops: the parent's last period, else any other epoch's."""
         cp = t.counts_periods.c
         q = select(cp.period_end).where(cp.role == "counted").order_by(cp.period_end.desc()).limit(1)
         if ep.parent_id is not None:
@@ -465,7 +501,12 @@ class Settler:
         return None if value is None else float(value)
 
     def _write_span(self, ep: EpochState, span: tuple[float, float, str] | None) -> None:
-        values: dict[str, Any] = {"span_start": None, "span_end": None, "span_reason": None, "span_lower": None}
+        values: dict[str, Any] = {
+            "span_start": None,
+            "span_end": None,
+            "span_reason": None,
+            "span_lower": None,
+        }
         if span is not None:
             start, end, reason = span
             c = t.crossings.c
@@ -510,7 +551,9 @@ def _break_reason(ep: EpochState) -> str:
         )
     if ep.state == "recovered":
         return f"epoch {ep.epoch} started on a recovered state: counts since the last report are unknown"
-    return f"epoch {ep.epoch} does not know the last seq of {ep.prev_epoch}: counts before its start are unknown"
+    return (
+        f"epoch {ep.epoch} does not know the last seq of {ep.prev_epoch}: counts before its start are unknown"
+    )
 
 
 def _root_reason(ep: EpochState, overlap: bool) -> str:
@@ -546,6 +589,7 @@ def load_epochs(conn: Connection, ids: Iterable[int]) -> dict[int, EpochState]:
             pruned_seq=int(r.pruned_seq),
             tail_seq=r.tail_seq,
             tail_end=r.tail_end,
+            counted_start=None if r.counted is None else flat(json.loads(r.counted)),
         )
     parents = {(s.device_id, s.prev_epoch): s for s in out.values() if s.prev_epoch}
     if parents:

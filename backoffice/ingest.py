@@ -149,13 +149,17 @@ class _Batch:
         d = t.devices.c
         missing = [p for p in pairs if p not in self.devices]
         if missing:
-            for r in self.conn.execute(select(d.id, d.site, d.device).where(tuple_(d.site, d.device).in_(missing))):
+            for r in self.conn.execute(
+                select(d.id, d.site, d.device).where(tuple_(d.site, d.device).in_(missing))
+            ):
                 self.devices[(r.site, r.device)] = self.new_devices[(r.site, r.device)] = r.id
             todo = [p for p in missing if p not in self.devices]
             if todo:
                 rows = [{"site": s, "device": dv, "first_seen": _now()} for s, dv in todo]
                 self.conn.execute(_insert(self.conn, t.devices).on_conflict_do_nothing(), rows)
-                for r in self.conn.execute(select(d.id, d.site, d.device).where(tuple_(d.site, d.device).in_(todo))):
+                for r in self.conn.execute(
+                    select(d.id, d.site, d.device).where(tuple_(d.site, d.device).in_(todo))
+                ):
                     self.devices[(r.site, r.device)] = self.new_devices[(r.site, r.device)] = r.id
         return {p: self.devices[p] for p in pairs}
 
@@ -185,7 +189,10 @@ class _Batch:
                 settler.epoch(ep.child_id)
 
     def _ledger(
-        self, keyed: list[Message], device_ids: dict[tuple[str, str], int], epoch_ids: dict[tuple[int, str], int]
+        self,
+        keyed: list[Message],
+        device_ids: dict[tuple[str, str], int],
+        epoch_ids: dict[tuple[int, str], int],
     ) -> list[tuple[Key, Message]]:
         """Insert new keys; sort out duplicates, conflicts and expired copies. Returns what is new."""
         first: dict[Key, Message] = {}
@@ -202,7 +209,14 @@ class _Batch:
         if not first:
             return []
         rows = [
-            {"epoch_id": k[0], "seq": k[1], "kind": m.kind, "ts": m.ts, "received": m.received, "payload": m.text}
+            {
+                "epoch_id": k[0],
+                "seq": k[1],
+                "kind": m.kind,
+                "ts": m.ts,
+                "received": m.received,
+                "payload": m.text,
+            }
             for k, m in first.items()
         ]
         c = t.messages.c
@@ -212,7 +226,9 @@ class _Batch:
         if again:
             stored = {
                 (r.epoch_id, int(r.seq)): r.payload
-                for r in self.conn.execute(select(c.epoch_id, c.seq, c.payload).where(tuple_(c.epoch_id, c.seq).in_(again)))
+                for r in self.conn.execute(
+                    select(c.epoch_id, c.seq, c.payload).where(tuple_(c.epoch_id, c.seq).in_(again))
+                )
             }
             for k in again:
                 if stored.get(k) == first[k].text:
@@ -224,13 +240,20 @@ class _Batch:
 
     def _conflict(self, key: Key, m: Message) -> None:
         digest = hashlib.sha256(m.text.encode()).hexdigest()
-        row = {"epoch_id": key[0], "seq": key[1], "received": m.received, "topic": m.topic, "payload": m.text, "digest": digest}
-        res = self.conn.execute(_insert(self.conn, t.conflicts).on_conflict_do_nothing(), [row])
-        if res.rowcount:
+        row = {
+            "epoch_id": key[0],
+            "seq": key[1],
+            "received": m.received,
+            "topic": m.topic,
+            "payload": m.text,
+            "digest": digest,
+        }
+        stmt = _insert(self.conn, t.conflicts).on_conflict_do_nothing().returning(t.conflicts.c.id)
+        if self.conn.execute(stmt, row).first() is not None:
             self.out.conflicts += 1
             self.out.conflict_lines.append(
-                f"conflict: {m.site}/{m.device} epoch {m.epoch} seq {m.seq} arrived again with another payload "
-                f"({m.kind}); the first one stays, this one is in the conflicts table"
+                f"conflict: {m.site}/{m.device} epoch {m.epoch} seq {m.seq} arrived again with another "
+                f"payload ({m.kind}); the first one stays, this one is in the conflicts table"
             )
         else:
             self.out.duplicates += 1
@@ -240,18 +263,26 @@ class _Batch:
         by_epoch: dict[int, list[int]] = defaultdict(list)
         for (epoch_id, seq), _ in fresh:
             by_epoch[epoch_id].append(seq)
-        late = [i for i, seqs in by_epoch.items() if self.epochs[i].top_seq is not None and min(seqs) < (self.epochs[i].top_seq or 0)]
+        late = [
+            i
+            for i, seqs in by_epoch.items()
+            if self.epochs[i].top_seq is not None and min(seqs) < (self.epochs[i].top_seq or 0)
+        ]
         gaps: dict[int, list[list[int]]] = defaultdict(list)
         if late:
             g = t.seq_gaps.c
-            for r in self.conn.execute(select(g.epoch_id, g.first_seq, g.last_seq).where(g.epoch_id.in_(late))):
+            for r in self.conn.execute(
+                select(g.epoch_id, g.first_seq, g.last_seq).where(g.epoch_id.in_(late))
+            ):
                 gaps[r.epoch_id].append([int(r.first_seq), int(r.last_seq)])
         before = {i: {tuple(x) for x in gaps[i]} for i in late}
         for epoch_id, seqs in by_epoch.items():
             ep = self.epochs[epoch_id]
             for s in sorted(seqs):
                 _place(ep, gaps[epoch_id], s)
-            ep.set(n_messages=ep.n_messages + len(seqs), max_seq=max(seqs + ([ep.max_seq] if ep.max_seq else [])))
+            ep.set(
+                n_messages=ep.n_messages + len(seqs), max_seq=max(seqs + ([ep.max_seq] if ep.max_seq else []))
+            )
         self._write_gaps(gaps, before)
 
     def _write_gaps(self, gaps: dict[int, list[list[int]]], before: dict[int, set[tuple[int, ...]]]) -> None:
@@ -261,7 +292,10 @@ class _Batch:
             now = {tuple(x) for x in ranges}
             old = before.get(epoch_id, set())
             drop += [(epoch_id, r[0]) for r in old - now]
-            add += [{"epoch_id": epoch_id, "first_seq": r[0], "last_seq": r[1], "since": _now()} for r in now - old]
+            add += [
+                {"epoch_id": epoch_id, "first_seq": r[0], "last_seq": r[1], "since": _now()}
+                for r in now - old
+            ]
         if drop:
             self.conn.execute(t.seq_gaps.delete().where(tuple_(g.epoch_id, g.first_seq).in_(drop)))
         if add:
@@ -281,6 +315,7 @@ class _Batch:
                 prev_epoch=prev.get("epoch"),
                 prev_last_seq=prev.get("last_seq"),
             )
+            ep.counted_start = flat(m.body.get("counted"))
             ep.announced = m
             ep.dirty.add("announced")
             if prev.get("epoch"):
@@ -312,7 +347,9 @@ class _Batch:
         ]
         self.conn.execute(t.crossings.insert(), rows)
 
-    def _command_results(self, items: list[tuple[Key, Message]], device_ids: dict[tuple[str, str], int]) -> None:
+    def _command_results(
+        self, items: list[tuple[Key, Message]], device_ids: dict[tuple[str, str], int]
+    ) -> None:
         if not items:
             return
         rows = [
@@ -362,7 +399,9 @@ class _Batch:
             }
         for key, row in latest.items():
             if key in current:
-                self.conn.execute(t.alerts.update().where(a.device_id == key[0], a.topic == key[1]).values(**row))
+                self.conn.execute(
+                    t.alerts.update().where(a.device_id == key[0], a.topic == key[1]).values(**row)
+                )
             else:
                 self.conn.execute(t.alerts.insert().values(**row))
 
@@ -391,7 +430,9 @@ class _Batch:
             self.conn.execute(t.devices.update().where(d.id == device_id, newer).values(**values))
             self.out.status += 1
 
-    def _counts(self, items: list[tuple[Key, Message]], device_ids: dict[tuple[str, str], int], settler: Settler) -> None:
+    def _counts(
+        self, items: list[tuple[Key, Message]], device_ids: dict[tuple[str, str], int], settler: Settler
+    ) -> None:
         """Counts periods: the fast path in memory, the rest settled with queries, in seq order."""
         if not items:
             return
@@ -402,8 +443,13 @@ class _Batch:
             b = m.body
             counted = b.get("counted")
             p = Period(
-                epoch_id, seq, device_ids[(m.site, m.device)], float(b["period_start"]), float(b["period_end"]),
-                flat(b["interval"]), None if counted is None else flat(counted),
+                epoch_id,
+                seq,
+                device_ids[(m.site, m.device)],
+                float(b["period_start"]),
+                float(b["period_end"]),
+                flat(b["interval"]),
+                None if counted is None else flat(counted),
             )
             ep = self.epochs[epoch_id]
             if epoch_id in unsure or not settler.fast(p, ep):
@@ -435,8 +481,8 @@ class _Batch:
                 .where(d.id == device_id, (d.last_counts_end.is_(None)) | (d.last_counts_end < end))
                 .values(last_counts_end=end, last_counts_received=received)
             )
-        for ep in {p.epoch_id for p in periods}:
-            child = self.epochs[ep].child_id
+        for epoch_id in {p.epoch_id for p in periods}:
+            child = self.epochs[epoch_id].child_id
             if child is not None:
                 settler.transitions.add(child)
 
@@ -446,7 +492,11 @@ class _Batch:
                 ep.parent_max_seq = self.epochs[ep.parent_id].max_seq
 
     def _links(
-        self, settler: Settler, fresh: list[tuple[Key, Message]], breaks_before: dict[int, bool], changed: set[int]
+        self,
+        settler: Settler,
+        fresh: list[tuple[Key, Message]],
+        breaks_before: dict[int, bool],
+        changed: set[int],
     ) -> None:
         """Epoch links that changed (an epoch message, a fork seen late): settle the epoch's start again."""
         touched = {k[0] for k, _ in fresh}
@@ -478,7 +528,9 @@ class _Batch:
                 settler.resettle(Period.from_row(r))
         e = t.epochs.c
         for r in self.conn.execute(
-            select(e.id, e.device_id, e.span_start, e.span_end).where(e.span_end.is_not(None), e.device_id.in_(list(times)))
+            select(e.id, e.device_id, e.span_start, e.span_end).where(
+                e.span_end.is_not(None), e.device_id.in_(list(times))
+            )
         ):
             if any(r.span_start <= ts < r.span_end for ts in times[r.device_id]):
                 settler.transitions.add(r.id)
@@ -500,8 +552,20 @@ class _Batch:
 
     def _write_epochs(self) -> None:
         e = t.epochs.c
-        columns = {"started", "state", "interval_start", "prev_epoch", "prev_last_seq", "child_id", "min_seq",
-                   "max_seq", "top_seq", "n_messages", "tail_seq", "tail_end"}
+        columns = {
+            "started",
+            "state",
+            "interval_start",
+            "prev_epoch",
+            "prev_last_seq",
+            "child_id",
+            "min_seq",
+            "max_seq",
+            "top_seq",
+            "n_messages",
+            "tail_seq",
+            "tail_end",
+        }
         for ep in self.epochs.values():
             if not ep.dirty:
                 continue
@@ -519,7 +583,13 @@ class _Batch:
 
     def _rejected(self, rejections: Iterable[Rejection]) -> None:
         rows = [
-            {"received": r.received, "topic": r.topic[:1000], "size": len(r.raw), "raw": r.raw[:RAW_KEEP], "reason": r.reason}
+            {
+                "received": r.received,
+                "topic": r.topic[:1000],
+                "size": len(r.raw),
+                "raw": r.raw[:RAW_KEEP],
+                "reason": r.reason,
+            }
             for r in rejections
         ]
         if rows:
@@ -551,7 +621,9 @@ def _place(ep: EpochState, gaps: list[list[int]], s: int) -> None:
 
 def _is_first(conn: Connection, p: Period) -> bool:
     cp = t.counts_periods.c
-    lower = conn.execute(select(cp.seq).where(and_(cp.epoch_id == p.epoch_id, cp.seq < p.seq)).limit(1)).first()
+    lower = conn.execute(
+        select(cp.seq).where(and_(cp.epoch_id == p.epoch_id, cp.seq < p.seq)).limit(1)
+    ).first()
     return lower is None
 
 

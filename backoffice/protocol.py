@@ -31,6 +31,7 @@ OWN_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 MAX_NAME = 200  # site, device, line, class and product names (database columns are this wide)
 _MAX_INT = 2**53
 _MAX_TIME = 95_617_584_000.0  # year 5000
+_TIMES = ("timestamp", "period_start", "period_end", "interval_start")
 
 # kind -> (schema file, topic below the device)
 KINDS: dict[str, tuple[str, str]] = {
@@ -123,14 +124,15 @@ def _validator(kind: str) -> Any:
 
 
 def subscriptions(prefix: str, group: str) -> tuple[list[str], list[str]]:
-    """The collector's topic filters: (shared, plain).
+    """The collector's topic filters: (shared, plain); an empty ``group`` shares nothing.
 
     Counts, crossings, epoch messages and command results go to ONE collector of the group
     (``$share/<group>/...``). Status and alerts are retained and low-rate: every collector subscribes
     to them plainly, so that it also receives the retained state when it subscribes (shared
     subscriptions never get retained messages); duplicates are free (idempotent by key or by time).
     """
-    shared = [f"$share/{group}/{prefix}/+/+/{KINDS[k][1]}" for k in ("counts", "crossing", "epoch", "cmd_result")]
+    share = f"$share/{group}/" if group else ""  # no group: one collector, plain subscriptions
+    shared = [f"{share}{prefix}/+/+/{KINDS[k][1]}" for k in ("counts", "crossing", "epoch", "cmd_result")]
     plain = [f"{prefix}/+/+/status", f"{prefix}/+/+/alerts/#"]
     return shared, plain
 
@@ -148,11 +150,14 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name}")
 
 
-def parse(topic: str, raw: bytes, received: float, prefix: str, max_bytes: int = 65536) -> Message | Rejection:
+def parse(
+    topic: str, raw: bytes, received: float, prefix: str, max_bytes: int = 65536
+) -> Message | Rejection:
     """Validate one message; never raises.
 
     Example:
-        >>> m = parse("lc/s1/d1/status", b'{"state":"offline","site":"s1","device":"d1","reason":"x"}', 0.0, "lc")
+        >>> raw = b'{"state":"offline","site":"s1","device":"d1","reason":"x"}'
+        >>> m = parse("lc/s1/d1/status", raw, 0.0, "lc")
         >>> (m.kind, m.site, m.keyed)
         ('status', 's1', False)
     """
@@ -215,9 +220,8 @@ def _value_problem(body: Any, path: str = "", depth: int = 0) -> str | None:
             continue
         if isinstance(value, int) and abs(value) > _MAX_INT:
             return f"{where}: integer beyond 2**53"
-        if isinstance(value, float) and key in ("timestamp", "period_start", "period_end", "interval_start"):
-            if not 0.0 <= value < _MAX_TIME:
-                return f"{where}: {value} is not a Unix time in years 1970..5000"
+        if isinstance(value, float) and key in _TIMES and not 0.0 <= value < _MAX_TIME:
+            return f"{where}: {value} is not a Unix time in years 1970..5000"
         if isinstance(value, str) and (problem := _text_problem(value)):
             return f"{where}: {problem}"
         if isinstance(value, (dict, list)) and (problem := _value_problem(value, where, depth + 1)):

@@ -289,7 +289,9 @@ def _bucket(hour: int, by: By, zone: ZoneInfo) -> int:
     return int(midnight.timestamp())
 
 
-def _inexact_buckets(found: list[Span], by: By, zone: ZoneInfo, per_device: bool) -> set[tuple[str, str | None, int]]:
+def _inexact_buckets(
+    found: list[Span], by: By, zone: ZoneInfo, per_device: bool
+) -> set[tuple[str, str | None, int]]:
     out: set[tuple[str, str | None, int]] = set()
     for s in found:
         hour = hour_of(s.start)
@@ -308,7 +310,9 @@ def spans(
     start = func.coalesce(cp.gap_start, cp.period_start)
     q = (
         select(d.site, d.device, e.epoch, start.label("start"), cp.period_end, cp.gap, cp.open_counts)
-        .select_from(t.counts_periods.join(t.devices, d.id == cp.device_id).join(t.epochs, e.id == cp.epoch_id))
+        .select_from(
+            t.counts_periods.join(t.devices, d.id == cp.device_id).join(t.epochs, e.id == cp.epoch_id)
+        )
         .where(text(OPEN_GAPS), cp.period_end > since, start < until)
     )
     for r in conn.execute(_filter(q, site, device)):
@@ -328,7 +332,16 @@ def spans(
     for r in conn.execute(_filter(q2, site, device)):
         lower = flat(json.loads(r.span_lower)) if r.span_lower else {}
         out.append(
-            Span(r.site, r.device, r.epoch, float(r.span_start), float(r.span_end), "transition", r.span_reason, lower)
+            Span(
+                r.site,
+                r.device,
+                r.epoch,
+                float(r.span_start),
+                float(r.span_end),
+                "transition",
+                r.span_reason,
+                lower,
+            )
         )
     return sorted(out, key=lambda s: (s.site, s.device, s.start))
 
@@ -356,13 +369,28 @@ def devices(conn: Connection, *, site: str | None = None) -> list[DeviceRow]:
         .scalar_subquery()
     )
     n_epochs = select(func.count()).where(e.device_id == d.id).scalar_subquery()
-    q = select(t.devices, open_alerts.label("open_alerts"), missing.label("missing"), n_epochs.label("n_epochs"))
+    q = select(
+        t.devices, open_alerts.label("open_alerts"), missing.label("missing"), n_epochs.label("n_epochs")
+    )
     q = _filter(q, site, None).order_by(d.site, d.device)
     return [
         DeviceRow(
-            r.site, r.device, r.status, r.status_reason, r.status_at, r.model_version, r.fps, r.source_state,
-            r.status_epoch, r.state_recovered, r.first_seen, r.last_counts_end, r.last_counts_received,
-            int(r.open_alerts), int(r.missing), int(r.n_epochs),
+            r.site,
+            r.device,
+            r.status,
+            r.status_reason,
+            r.status_at,
+            r.model_version,
+            r.fps,
+            r.source_state,
+            r.status_epoch,
+            r.state_recovered,
+            r.first_seen,
+            r.last_counts_end,
+            r.last_counts_received,
+            int(r.open_alerts),
+            int(r.missing),
+            int(r.n_epochs),
         )
         for r in conn.execute(q)
     ]
@@ -376,7 +404,10 @@ def gaps(conn: Connection, *, site: str | None = None, device: str | None = None
         .select_from(t.seq_gaps.join(t.epochs, e.id == g.epoch_id).join(t.devices, d.id == e.device_id))
         .order_by(d.site, d.device, e.first_seen, g.first_seq)
     )
-    return [GapRow(r.site, r.device, r.epoch, int(r.first_seq), int(r.last_seq), r.since) for r in conn.execute(_filter(q, site, device))]
+    return [
+        GapRow(r.site, r.device, r.epoch, int(r.first_seq), int(r.last_seq), r.since)
+        for r in conn.execute(_filter(q, site, device))
+    ]
 
 
 def alerts(
@@ -389,7 +420,19 @@ def alerts(
         q = q.where(a.state == state)
     q = _filter(q, site, device).order_by(a.since, d.site, d.device, a.topic)
     return [
-        AlertRow(r.site, r.device, r.topic, r.kind, r.product, r.state, r.since, r.updated, r.epoch, int(r.seq), json.loads(r.payload))
+        AlertRow(
+            r.site,
+            r.device,
+            r.topic,
+            r.kind,
+            r.product,
+            r.state,
+            r.since,
+            r.updated,
+            r.epoch,
+            int(r.seq),
+            json.loads(r.payload),
+        )
         for r in conn.execute(q)
     ]
 
@@ -401,8 +444,18 @@ def epochs(conn: Connection, *, site: str | None = None, device: str | None = No
     q = _filter(q, site, device).order_by(d.site, d.device, e.first_seen, e.id)
     return [
         EpochRow(
-            r.site, r.device, r.epoch, r.first_seen, r.state, r.started, r.prev_epoch, r.prev_last_seq,
-            r.min_seq, r.max_seq, int(r.n_messages), r.recovered,
+            r.site,
+            r.device,
+            r.epoch,
+            r.first_seen,
+            r.state,
+            r.started,
+            r.prev_epoch,
+            r.prev_last_seq,
+            r.min_seq,
+            r.max_seq,
+            int(r.n_messages),
+            r.recovered,
         )
         for r in conn.execute(q)
     ]
@@ -419,15 +472,20 @@ def crossings(
 ) -> list[CrossingRow]:
     """The latest crossing events (newest first) of a store or lane."""
     d, c, e = t.devices.c, t.crossings.c, t.epochs.c
-    q = select(d.site, d.device, e.epoch, c.seq, c.ts, c.line, c.direction, c.class_name, c.track_id).select_from(
-        t.crossings.join(t.devices, d.id == c.device_id).join(t.epochs, e.id == c.epoch_id)
-    )
+    q = select(
+        d.site, d.device, e.epoch, c.seq, c.ts, c.line, c.direction, c.class_name, c.track_id
+    ).select_from(t.crossings.join(t.devices, d.id == c.device_id).join(t.epochs, e.id == c.epoch_id))
     if since is not None:
         q = q.where(c.ts >= since)
     if until is not None:
         q = q.where(c.ts < until)
     q = _filter(q, site, device).order_by(c.ts.desc()).limit(limit)
-    return [CrossingRow(r.site, r.device, r.epoch, int(r.seq), r.ts, r.line, r.direction, r.class_name, r.track_id) for r in conn.execute(q)]
+    return [
+        CrossingRow(
+            r.site, r.device, r.epoch, int(r.seq), r.ts, r.line, r.direction, r.class_name, r.track_id
+        )
+        for r in conn.execute(q)
+    ]
 
 
 def command_results(
@@ -435,11 +493,16 @@ def command_results(
 ) -> list[CommandResultRow]:
     """Replies to commands, newest first (all of one ``command_id`` when given)."""
     d, c = t.devices.c, t.command_results.c
-    q = select(d.site, d.device, t.command_results).select_from(t.command_results.join(t.devices, d.id == c.device_id))
+    q = select(d.site, d.device, t.command_results).select_from(
+        t.command_results.join(t.devices, d.id == c.device_id)
+    )
     if command_id is not None:
         q = q.where(c.command_id == command_id)
     q = _filter(q, site, device).order_by(c.ts.desc())
-    return [CommandResultRow(r.site, r.device, r.command_id, r.command, r.ok, r.message, r.duplicate, r.ts) for r in conn.execute(q)]
+    return [
+        CommandResultRow(r.site, r.device, r.command_id, r.command, r.ok, r.message, r.duplicate, r.ts)
+        for r in conn.execute(q)
+    ]
 
 
 def conflicts(conn: Connection, *, limit: int = 100) -> list[dict[str, Any]]:
@@ -457,7 +520,11 @@ def conflicts(conn: Connection, *, limit: int = 100) -> list[dict[str, Any]]:
 def rejected(conn: Connection, *, limit: int = 100) -> list[RejectedRow]:
     """Malformed messages, newest first."""
     r = t.rejected.c
-    q = select(r.received, r.topic, r.size, r.reason, r.raw).order_by(r.received.desc(), r.id.desc()).limit(limit)
+    q = (
+        select(r.received, r.topic, r.size, r.reason, r.raw)
+        .order_by(r.received.desc(), r.id.desc())
+        .limit(limit)
+    )
     return [RejectedRow(x.received, x.topic, x.size, x.reason, bytes(x.raw)) for x in conn.execute(q)]
 
 
@@ -466,5 +533,3 @@ def day_range(day: str, tz: str = "UTC") -> tuple[float, float]:
     zone = ZoneInfo(tz)
     start = datetime.fromisoformat(day).replace(tzinfo=zone)
     return start.timestamp(), (start + timedelta(days=1)).timestamp()
-
-

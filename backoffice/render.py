@@ -15,7 +15,20 @@ from backoffice.figures import nest
 
 __all__ = ["render", "when"]
 
-_TIME_FIELDS = {"start", "end", "since", "until", "status_at", "first_seen", "last_counts_end", "last_counts_received", "ts", "updated", "started", "received"}
+_TIME_FIELDS = {
+    "start",
+    "end",
+    "since",
+    "until",
+    "status_at",
+    "first_seen",
+    "last_counts_end",
+    "last_counts_received",
+    "ts",
+    "updated",
+    "started",
+    "received",
+}
 
 
 def when(ts: float | None, tz: str = "UTC") -> str:
@@ -42,7 +55,13 @@ def render(rows: Sequence[Any], fmt: str, columns: Sequence[str] | None = None, 
     if fmt == "json":
         return json.dumps(plain, indent=1, sort_keys=False, default=str)
     if columns is None:
-        columns = [f.name for f in fields(rows[0])] if rows and is_dataclass(rows[0]) else list(plain[0]) if plain else []
+        columns = (
+            [f.name for f in fields(rows[0])]
+            if rows and is_dataclass(rows[0])
+            else list(plain[0])
+            if plain
+            else []
+        )
     table = [[_cell(r.get(c), c, tz, fmt) for c in columns] for r in plain]
     if fmt == "csv":
         buf = io.StringIO()

@@ -92,7 +92,12 @@ class SimDevice:
     """
 
     def __init__(
-        self, site: str, device: str, prefix: str = "lanecount", period: float = 10.0, max_messages: int = 100_000,
+        self,
+        site: str,
+        device: str,
+        prefix: str = "lanecount",
+        period: float = 10.0,
+        max_messages: int = 100_000,
         lines: Iterable[str] = ("lane",),
     ) -> None:
         self.site, self.device, self.prefix, self.period = site, device, prefix, period
@@ -152,7 +157,9 @@ class SimDevice:
 
     # --- what the daemon does ------------------------------------------------------------------------
 
-    def cross(self, ts: float, cls: str, direction: str = "in", line: str = "lane", track_id: int = 0) -> None:
+    def cross(
+        self, ts: float, cls: str, direction: str = "in", line: str = "lane", track_id: int = 0
+    ) -> None:
         """A crossing at wall time ``ts`` (committed with its event message, like a frame)."""
         assert self.running, "the device is stopped"
         self._roll(ts)
@@ -160,8 +167,15 @@ class SimDevice:
         for c in (self.db.counted, self.db.cumulative, self.db.interval):
             c[key] += 1
         self.truth.append((ts, line, direction, cls))
-        body = {"line": line, "track_id": track_id, "class_id": 0, "class_name": cls, "direction": direction,
-                "frame": int(ts * 15) % 1_000_000, "timestamp": ts}
+        body = {
+            "line": line,
+            "track_id": track_id,
+            "class_id": 0,
+            "class_name": cls,
+            "direction": direction,
+            "frame": int(ts * 15) % 1_000_000,
+            "timestamp": ts,
+        }
         self._queue("events/crossing", body)
 
     def tick(self, now: float) -> None:
@@ -174,20 +188,36 @@ class SimDevice:
         self._roll(now)
         for key in [k for k in self.db.cumulative if line is None or k[0] == line]:
             del self.db.cumulative[key]
-        self._queue("cmd/result", {"id": f"r{now}", "command": "reset", "ok": True, "message": "counts reset", "timestamp": now})
+        self._queue(
+            "cmd/result",
+            {"id": f"r{now}", "command": "reset", "ok": True, "message": "counts reset", "timestamp": now},
+        )
 
     def alert(self, now: float, product: str, state: str, estimate: int = 0) -> None:
         """A depletion alert change (retained, never dropped)."""
-        body = {"kind": "depletion", "product": product, "state": state, "threshold": 2, "estimate": estimate,
-                "stock": 10, "timestamp": now}
+        body = {
+            "kind": "depletion",
+            "product": product,
+            "state": state,
+            "threshold": 2,
+            "estimate": estimate,
+            "stock": 10,
+            "timestamp": now,
+        }
         self._queue(f"alerts/restock/depletion/{product}", body, retain=True, keep=True)
 
     def status(self, now: float, state: str = "online") -> bytes:
         """A retained status payload (not queued: the daemon publishes it directly)."""
         body: dict[str, Any] = {"state": state, "site": self.site, "device": self.device}
         if state == "online":
-            body |= {"timestamp": now, "uptime_s": 1.0, "model_version": "sim-1", "fps": 15.0, "source": "ok",
-                     "epoch": self.db.epoch}
+            body |= {
+                "timestamp": now,
+                "uptime_s": 1.0,
+                "model_version": "sim-1",
+                "fps": 15.0,
+                "source": "ok",
+                "epoch": self.db.epoch,
+            }
         else:
             body["reason"] = "shutdown"
         return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
@@ -222,10 +252,12 @@ class SimDevice:
         db.last_seq += 1
         payload = {**body, "seq": db.last_seq, "epoch": db.epoch, "site": self.site, "device": self.device}
         text = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        db.outbox.append(Outgoing(db.last_seq, f"{self.prefix}/{self.site}/{self.device}/{kind}", text, retain, keep))
+        db.outbox.append(
+            Outgoing(db.last_seq, f"{self.prefix}/{self.site}/{self.device}/{kind}", text, retain, keep)
+        )
         excess = len(db.outbox) - self.max_messages
         if excess > 0:
-            kept = deque()
+            kept: deque[Outgoing] = deque()
             for m in db.outbox:
                 if excess > 0 and not m.keep:
                     excess -= 1
@@ -238,7 +270,7 @@ class SimDevice:
 
     def take(self, n: int | None = None) -> list[Outgoing]:
         """Remove and return up to ``n`` pending messages, oldest first (as if acknowledged)."""
-        out = []
+        out: list[Outgoing] = []
         while self.db.outbox and (n is None or len(out) < n):
             out.append(self.db.outbox.popleft())
         self.published += out
@@ -256,7 +288,14 @@ class Fleet:
     acknowledged everything (or raises after ``timeout``).
     """
 
-    def __init__(self, host: str, port: int, client_id: str = "lanecount-sim", max_inflight: int = 1000) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str = "lanecount-sim",
+        max_inflight: int = 1000,
+        reconnect_s: float = 1.0,
+    ) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -267,21 +306,38 @@ class Fleet:
         self._connected = threading.Event()
         self.client.on_connect = lambda c, u, f, rc, p: self._connected.set()
         self.client.on_disconnect = lambda c, u, f, rc, p: self._connected.clear()
-        self.client.reconnect_delay_set(0.1, 1)
+        self.client.reconnect_delay_set(reconnect_s, 5)  # type: ignore[arg-type]  # default: the edge daemon's first reconnect delay
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
         if not self._connected.wait(10):
             raise RuntimeError(f"simulated devices could not connect to {host}:{port}")
 
     def publish(self, messages: Iterable[Outgoing], timeout: float = 60.0) -> int:
-        """Publish and wait for every PUBACK (paho re-sends what was in flight after a reconnect)."""
-        infos = [self.client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in messages]
+        """Publish and wait for every PUBACK; what a lost connection took is sent again.
+
+        At least once, like a device's outbox: the collector sees the duplicates.
+        """
+        pending = list(messages)
+        total = len(pending)
         deadline = time.monotonic() + timeout
-        for info in infos:
-            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
-            if not info.is_published():
+        while pending:
+            if not self._connected.wait(max(0.01, deadline - time.monotonic())):
+                raise TimeoutError("the simulated devices lost the broker")
+            infos = [(m, self.client.publish(m.topic, m.payload, qos=1, retain=m.retain)) for m in pending]
+            pending = []
+            for m, info in infos:
+                try:
+                    info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+                    ok = info.is_published()
+                except (RuntimeError, ValueError):
+                    ok = False
+                if not ok:
+                    pending.append(m)
+            if pending and time.monotonic() >= deadline:
                 raise TimeoutError("the broker did not acknowledge the simulated devices' messages")
-        return len(infos)
+            if pending:
+                time.sleep(0.1)
+        return total
 
     def raw(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish anything (malformed messages for the fuzz test) and wait for its PUBACK."""

@@ -49,7 +49,7 @@ class Broker:
     persistent session keeps its subscription (and queued QoS 1 messages) across a restart.
     """
 
-    def __init__(self, binary: str, persistence: bool = False) -> None:
+    def __init__(self, binary: str, persistence: bool = False, extra: list[str] | None = None) -> None:
         self.binary = binary
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -65,6 +65,7 @@ class Broker:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            *(extra or []),
         ]
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None

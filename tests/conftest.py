@@ -52,3 +52,31 @@ def mosquitto():
 def mosquitto_persistent():
     """Like ``mosquitto``, but sessions survive ``stop()``/``start()`` (for outage tests)."""
     yield from _broker(persistence=True)
+
+
+# --- PostgreSQL: a private cluster for the back office tests (tests/pg.py) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL on a free port (initdb + pg_ctl), shared by the session's tests."""
+    from pg import PgCluster, pg_bin
+
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (make system-deps installs it)")
+    cluster = PgCluster(bindir)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster, request):
+    """A fresh database in the private cluster; its URL."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50] + f"_{id(request) % 10000}"
+    return pg_cluster.createdb(name)

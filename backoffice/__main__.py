@@ -1,0 +1,5 @@
+"""``python -m backoffice`` = ``lanecount-backoffice``."""
+
+from backoffice.cli import main
+
+main()
