@@ -10,9 +10,14 @@ message, never a 500.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -591,3 +596,34 @@ def test_serve_refuses_to_start_without_a_user(tmp_path) -> None:
         "no user can sign in" in res.output
         and "lanecount-backoffice user add NAME --role admin" in res.output
     )
+
+
+# --- the systemd unit --------------------------------------------------------------------------------
+
+UNIT = (
+    Path(__file__).resolve().parent.parent / "backoffice" / "systemd" / "lanecount-backoffice-serve.service"
+)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_the_serve_unit_verifies_binds_loopback_and_exposes_little(tmp_path) -> None:
+    text = UNIT.read_text()
+    for key in (
+        "Type=notify",
+        "--host 127.0.0.1",
+        "--secure-cookies",
+        "CapabilityBoundingSet=\n",
+        "User=lanecount-backoffice",
+    ):
+        assert key in text, key
+    unit = tmp_path / UNIT.name
+    unit.write_text(text.replace("/opt/lanecount/venv/bin/lanecount-backoffice", sys.executable))
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert res.returncode == 0 and UNIT.name not in res.stderr, res.stderr
+    sec = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True
+    )
+    if "--offline" in sec.stderr:
+        pytest.skip(f"this systemd-analyze cannot score a unit file offline: {sec.stderr.strip()}")
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", sec.stdout)
+    assert match and float(match.group(1)) <= 2.0, sec.stdout[-2000:]

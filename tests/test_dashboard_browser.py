@@ -210,6 +210,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         )
         url = f"http://127.0.0.1:{port}"
         assert wait_until(lambda: _up(url), 30), procs.log("serve")
+        assert f"dashboard on http://127.0.0.1:{port}/" in procs.log("serve")  # loopback unless told
         driver = _chrome(tmp / "profile")
         try:
             yield {
