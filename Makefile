@@ -10,7 +10,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet bench-dashboard
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -23,6 +23,7 @@ help:
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
+	@echo "make bench-dashboard  the dashboard's page-load times on 30 days x 1,000 lanes"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
 # OpenCV's sample footage (real pictures nobody here made) for smoke tests, and strace, whose
@@ -123,6 +124,10 @@ $(BENCH_VENV)/.installed:
 
 bench-counting: venv $(BENCH_VENV)/.installed
 	$(PY) -m train.countbench --trackers-python $(BENCH_VENV)/bin/python --sweep
+
+# The dashboard's page-load times over HTTP on 30 days x 1,000 lanes (builds bench-out/dashboard.db once).
+bench-dashboard: venv
+	$(PY) -m backoffice.web.bench --db bench-out/dashboard.db --runs 20
 
 demo: system-deps $(DEMO_STAMP)
 	$(DEMO_VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11

@@ -502,6 +502,8 @@ BAD = [
     ("GET", f"/sites/{A}?day=2025-99-99", 400, "not a date"),
     ("GET", f"/sites/{A}?day=1800-01-01", 400, "out of range"),
     ("GET", f"/sites/{A}?days=400", 422, "days"),
+    ("GET", f"/sites/{A}?days=31&by=hour", 400, "at most 7 days"),
+    ("GET", f"/sites/{A}?by=week", 422, "by"),
     ("GET", f"/sites/{A}/lanes/nope", 404, "no lane"),
     ("GET", "/commands/nope", 404, "no command"),
     ("POST", f"/api/sites/{A}/lanes/lane-1/restocked", 422, "stock", {"product": "milk_carton", "stock": -1}),

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, Res
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from backoffice import queries
+from backoffice.queries import By
 from backoffice.web import views
 from backoffice.web.accounts import LoginRefused, Session, end_session, login
 from backoffice.web.api import counts_columns
@@ -45,6 +46,7 @@ router = APIRouter(include_in_schema=False)
 
 Day = Annotated[str | None, Query(max_length=10, description="YYYY-MM-DD in the store's time zone")]
 Days = Annotated[int, Query(ge=1, le=MAX_PAGE_DAYS)]
+MAX_HOUR_DAYS = 7  # a page lists every bucket: hours for a week at most
 
 
 def today_range(tz: str, now: float | None = None) -> tuple[float, float]:
@@ -154,24 +156,55 @@ def fleet_page(
     return _page(request, "fleet.html", {"session": s, "stores": stores, "newest": newest, "title": "Fleet"})
 
 
-def _chart(rows: list[queries.CountRow], since: float, until: float) -> dict[str, Any]:
-    """UPlot's data: every hour of the range on x, one series per line/direction/class."""
-    hours = list(range(int(since) // 3600 * 3600, int(until), 3600))
-    index = {h: i for i, h in enumerate(hours)}
-    series: dict[str, list[int]] = defaultdict(lambda: [0] * len(hours))
+def _buckets(since: float, until: float, by: By, tz: str) -> list[int]:
+    """Every bucket start of the range: UTC hours, or local midnights of ``tz``."""
+    if by == "hour":
+        return list(range(int(since) // 3600 * 3600, int(until), 3600))
+    zone, out = ZoneInfo(tz), []
+    day = datetime.fromtimestamp(since, zone).date()
+    while (start := datetime.combine(day, datetime.min.time(), zone).timestamp()) < until:
+        out.append(int(start))
+        day += timedelta(days=1)
+    return out
+
+
+def _chart(rows: list[queries.CountRow], buckets: list[int]) -> dict[str, Any]:
+    """UPlot's data: every bucket of the range on x, one series per line/direction/class."""
+    index = {b: i for i, b in enumerate(buckets)}
+    series: dict[str, list[int]] = defaultdict(lambda: [0] * len(buckets))
     for r in rows:
         if int(r.start) in index:
             series[f"{r.class_name} {r.direction} ({r.line})"][index[int(r.start)]] += r.n
-    return {"x": hours, "series": [{"label": k, "values": v} for k, v in sorted(series.items())]}
+    return {"x": buckets, "series": [{"label": k, "values": v} for k, v in sorted(series.items())]}
+
+
+def _table(
+    rows: list[queries.CountRow], columns: list[str], by: By, tz: str
+) -> list[tuple[int, bool, list[Any]]]:
+    """(start, exact, cells) per row, cells in ``columns`` order, as ``counts --format table`` prints them."""
+    fmt = "%Y-%m-%d %H:%M" if by == "hour" else "%Y-%m-%d"
+    zone, shown = ZoneInfo(tz), {}
+    out = []
+    for r in rows:
+        if r.start not in shown:
+            shown[r.start] = datetime.fromtimestamp(r.start, zone).strftime(fmt)
+        values = {"start": shown[r.start], "exact": "yes" if r.exact else "NO"}
+        out.append((int(r.start), r.exact, [values.get(c, getattr(r, c, None)) for c in columns]))
+    return out
 
 
 def _counts_ctx(
-    cfg: Settings, ref: StoreRef, device: str | None, day: str | None, days: int
+    cfg: Settings, ref: StoreRef, device: str | None, day: str | None, days: int, by: By | None
 ) -> dict[str, Any]:
     first, lo, hi, last = _days(day, days, ref.tz)
+    by = by or ("hour" if days <= 2 else "day")
+    if by == "hour" and days > MAX_HOUR_DAYS:
+        raise HTTPException(
+            400, f"by hour: at most {MAX_HOUR_DAYS} days on a page (by day, or the CSV export)"
+        )
     t0, t1 = today_range(ref.tz)
     with cfg.reader.connect() as conn:
-        res = queries.counts(conn, since=lo, until=hi, site=ref.site, device=device, tz=ref.tz)
+        res = queries.counts(conn, since=lo, until=hi, site=ref.site, device=device, by=by, tz=ref.tz)
         today = queries.counts(conn, since=t0, until=t1, site=ref.site, device=device, by="day", tz=ref.tz)
         gaps = queries.gaps(conn, site=ref.site, device=device)
         conflicts = views.conflicts(conn, ref.site, device)
@@ -179,23 +212,26 @@ def _counts_ctx(
     until_day = (date.fromisoformat(last) + timedelta(days=1)).isoformat()
     lane_opt = f" --device {device}" if device else ""
     cli = f"lanecount-backoffice counts --site {ref.site}{lane_opt} --since {first} --until {until_day}"
-    cli += f" --tz {ref.tz}"
+    cli += f" --by {by} --tz {ref.tz}"
+    columns = counts_columns(device)
     return {
         "ref": ref,
         "day": first,
         "days": days,
+        "by": by,
         "last": last,
         "since": lo,
         "until": hi,
         "res": res,
+        "rows": _table(res.rows, columns, by, ref.tz),
         "today": today,
         "gaps": gaps,
         "conflicts": conflicts,
         "crossings": crossings,
-        "chart": _chart(res.rows, lo, hi),
+        "chart": _chart(res.rows, _buckets(lo, hi, by, ref.tz)),
         "cli": cli,
-        "columns": counts_columns(device),
-        "export": f"since={first}&until={until_day}",
+        "columns": columns,
+        "export": f"since={first}&until={until_day}&by={by}",
     }
 
 
@@ -207,12 +243,13 @@ def store_page(
     cfg: Annotated[Settings, Depends(settings)],
     day: Day = None,
     days: Days = 1,
+    by: Annotated[By | None, Query(description="hour or day (default: hour up to 2 days)")] = None,
 ) -> Response:
     """A store: its lanes, counts per hour (chart + table), today's totals, crossings, gaps."""
-    ctx = _counts_ctx(cfg, ref, None, day, days)
+    ctx = _counts_ctx(cfg, ref, None, day, days, by)
     with cfg.reader.connect() as conn:
-        stores, newest = views.fleet(conn, s.user, cfg.default_tz)
-    ctx["store"] = next((x for x in stores if x.site == ref.site), None)
+        stores, newest = views.fleet(conn, s.user, cfg.default_tz, site=ref.site)
+    ctx["store"] = stores[0] if stores else None
     return _page(request, "store.html", {"session": s, "title": f"Store {ref.site}", "newest": newest, **ctx})
 
 
@@ -225,6 +262,7 @@ def lane_page(
     cfg: Annotated[Settings, Depends(settings)],
     day: Day = None,
     days: Days = 1,
+    by: Annotated[By | None, Query(description="hour or day (default: hour up to 2 days)")] = None,
 ) -> Response:
     """A lane: status, counts per hour (chart + table), today's totals, latest crossings, gaps, conflicts."""
     with cfg.reader.connect() as conn:
@@ -232,7 +270,7 @@ def lane_page(
         alerts = queries.alerts(conn, site=ref.site, device=device, state=None)
     if lane is None:
         raise HTTPException(404, f"no lane {device!r} in store {ref.site!r}")
-    ctx = _counts_ctx(cfg, ref, device, day, days)
+    ctx = _counts_ctx(cfg, ref, device, day, days, by)
     return _page(
         request,
         "lane.html",

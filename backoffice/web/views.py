@@ -196,13 +196,17 @@ def newest_version(conn: Connection) -> str | None:
 
 
 def fleet(
-    conn: Connection, user: User, default_tz: str, now: float | None = None
+    conn: Connection, user: User, default_tz: str, now: float | None = None, site: str | None = None
 ) -> tuple[list[Store], str | None]:
-    """Stores (those ``user`` may see) with their lanes, and the fleet's newest model version."""
+    """Stores (those ``user`` may see; or only ``site``) with their lanes, and the fleet's newest model."""
     now = time.time() if now is None else now
     tzs = site_tz(conn, default_tz)
     newest = newest_version(conn)
-    if user.is_admin:
+    if site is not None:
+        ok = user.may_see(site)
+        rows = queries.devices(conn, site=site) if ok else []
+        per, up = (periods(conn, site=site), uptimes(conn, site=site)) if ok else ({}, {})
+    elif user.is_admin:
         rows, per, up = queries.devices(conn), periods(conn), uptimes(conn)
     else:
         rows, per, up = [], {}, {}

@@ -18,7 +18,7 @@
     height: 280,
     tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), tz); },
     series: series,
-    axes: [{}, { label: "per hour" }],
+    axes: [{}, { label: "per " + (holder.dataset.by || "hour") }],
     scales: { y: { range: function (u, min, max) { return [0, Math.max(1, max)]; } } },
   };
   new uPlot(opts, [data.x].concat(data.series.map(function (s) { return s.values; })), holder);
