@@ -70,12 +70,17 @@ def markdown() -> str:
     """The table as Markdown, for the README: endpoint × role."""
     cell = {
         "public": ("yes", "yes", "yes"),
-        "signed-in": ("401 / login", "its stores", "all"),
-        "store": ("401 / login", "its stores, else 404", "all"),
-        "admin": ("401 / login", "403", "yes"),
+        "signed-in": ("no", "yes¹", "yes"),
+        "store": ("no", "its stores; others 404", "yes"),
+        "admin": ("no", "403", "yes"),
     }
-    lines = ["| endpoint | anonymous | store user | admin | CSRF |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| endpoint | anonymous | store user | admin | CSRF token |", "| --- | --- | --- | --- | --- |"]
     for e in ENDPOINTS:
         anon, store, admin = cell[e.access]
-        lines.append(f"| `{e.method} {e.path}` | {anon} | {store} | {admin} | {'yes' if e.changes else ''} |")
+        if anon == "no":
+            anon = "401" if e.path.startswith("/api/") else "→ /login"
+        lines.append(
+            f"| `{e.method} {e.path}` | {anon} | {store} | {admin} | {'needed' if e.changes else ''} |"
+        )
+    lines.append("\n¹ only its stores are listed; `?site=` of another store: 404.")
     return "\n".join(lines)

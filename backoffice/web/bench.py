@@ -175,14 +175,14 @@ def build(db: str, days: int, stores: int, lanes: int) -> None:
 class Client:
     """A signed-in HTTP client (cookie jar, CSRF token)."""
 
-    def __init__(self, base: str, name: str) -> None:
+    def __init__(self, base: str, name: str, password: str = PASSWORD) -> None:
         """Sign in as ``name``."""
         self.base = base
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
         )
         token = json.loads(self.get("/api/csrf"))["csrf_token"]
-        body = json.dumps({"name": name, "password": PASSWORD}).encode()
+        body = json.dumps({"name": name, "password": password}).encode()
         req = urllib.request.Request(
             f"{base}/api/login", body, {"Content-Type": "application/json", "X-CSRF-Token": token}
         )
