@@ -10,6 +10,7 @@ message, never a 500.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -629,3 +630,32 @@ def test_the_serve_unit_verifies_binds_loopback_and_exposes_little(tmp_path) -> 
         pytest.skip(f"this systemd-analyze cannot score a unit file offline: {sec.stderr.strip()}")
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", sec.stdout)
     assert match and float(match.group(1)) <= 2.0, sec.stdout[-2000:]
+
+
+def test_the_demo_prints_a_working_login_and_stops_under_ci(world: World) -> None:
+    env = {**os.environ, "CI": "true"}
+    res = subprocess.run(
+        [sys.executable, "-m", "backoffice.web.demo", "--db", world.db],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/)\s+\(3 lanes", res.stdout)
+    login_line = re.search(r"login:\s+demo / (\S+)", res.stdout)
+    assert url and login_line, res.stdout
+    c = TestClient(world.app, raise_server_exceptions=False)
+    assert login(c, "demo", login_line.group(1))
+    assert c.get("/api/me").json()["user"] == {"name": "demo", "role": "admin", "sites": None}
+    again = subprocess.run(
+        [sys.executable, "-m", "backoffice.web.demo", "--db", world.db],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    second = re.search(r"login:\s+demo / (\S+)", again.stdout)
+    assert (
+        again.returncode == 0 and second and second.group(1) != login_line.group(1)
+    )  # a new random password
