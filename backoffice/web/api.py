@@ -5,6 +5,7 @@ Who may call what is in :data:`backoffice.web.access.ENDPOINTS` (tested exhausti
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any
 
@@ -112,6 +113,8 @@ def post_login(
     """
     try:
         token, session = login(cfg.writer, body.name, body.password, client_address(request))
+        if previous := request.cookies.get(cfg.session_cookie):
+            end_session(cfg.writer, previous)  # signing in again: the old session ends
     except LoginRefused as exc:
         if exc.retry_after:
             raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
@@ -251,7 +254,8 @@ def get_counts_csv(
     """Byte for byte what ``lanecount-backoffice counts --format csv`` prints (times in the store's zone)."""
     res, cols = _counts(cfg, ref, since, until, device, by, per_device)
     body = render(res.rows, "csv", cols, ref.tz) + "\n"
-    name = f"lanecount-{ref.site}{'-' + device if device else ''}-{by}.csv".replace('"', "")
+    # A header is latin-1: any other character of a store or lane id becomes "_".
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"lanecount-{ref.site}{'-' + device if device else ''}-{by}.csv")
     return Response(
         body,
         media_type="text/csv; charset=utf-8",

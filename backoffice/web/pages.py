@@ -127,6 +127,8 @@ def login_post(
         if exc.retry_after:
             resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
+    if previous := request.cookies.get(cfg.session_cookie):
+        end_session(cfg.writer, previous)  # signing in again: the old session ends
     resp = RedirectResponse(_safe_next(next), status_code=303)
     set_session_cookie(resp, cfg, token)
     return resp
