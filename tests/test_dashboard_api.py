@@ -274,6 +274,20 @@ def test_logout_ends_the_session_on_the_server(world: World) -> None:
     assert replay.get("/api/me").status_code == 401
 
 
+def test_a_new_password_or_removing_the_user_ends_its_sessions(world: World) -> None:
+    from backoffice.web.accounts import remove_user, set_password
+
+    add_user(world.cfg.writer, "gina", "store", [A], PASSWORD)
+    c, _ = fresh(world, "gina")
+    assert c.get("/api/me").status_code == 200
+    set_password(world.cfg.writer, "gina", PASSWORD + "!")
+    assert c.get("/api/me").status_code == 401
+    c = TestClient(world.app, raise_server_exceptions=False)
+    login(c, "gina", PASSWORD + "!")
+    remove_user(world.cfg.writer, "gina")
+    assert c.get("/api/me").status_code == 401
+
+
 def test_secure_cookies_behind_tls(world: World) -> None:
     cfg = Settings(
         world.cfg.reader,
