@@ -246,6 +246,7 @@ def test_login_needs_its_csrf_token_and_the_right_password(world: World) -> None
     assert (
         unknown.status_code == 401 and unknown.json()["detail"] == bad.json()["detail"]
     )  # no user enumeration
+    assert c.post("/login", data={"name": "alice", "password": PASSWORD}, follow_redirects=False).status_code == 403
     form = c.get("/login")
     assert form.status_code == 200 and 'name="csrf_token"' in form.text
     token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
@@ -730,3 +731,10 @@ def test_the_same_pages_and_api_on_postgresql(pg_url: str) -> None:
     assert c.get(f"/api/commands/{'c' * 32}").json()["state"] == "sent"
     answer(ingest, dev, "c" * 32)
     assert c.get(f"/api/commands/{'c' * 32}").json()["state"] == "done"
+
+
+def test_the_readme_shows_this_access_table() -> None:
+    from backoffice.web.access import markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert markdown() in readme, "README's access table is out of date: paste backoffice.web.access.markdown()"
