@@ -119,7 +119,7 @@ def parse_time(value: str, tz: str, now: float | None = None) -> float:
     """A time: ``now``, ``today``, ``-30d``/``-2h``/``-15m``, Unix seconds, or ISO (in ``tz`` unless offset).
 
     Raises:
-        typer.BadParameter: anything else.
+        ValueError: anything else.
     """
     now = time.time() if now is None else now
     zone = ZoneInfo(tz)
@@ -137,7 +137,7 @@ def parse_time(value: str, tz: str, now: float | None = None) -> float:
     try:
         dt = datetime.fromisoformat(v)
     except ValueError:
-        raise typer.BadParameter(
+        raise ValueError(
             f"{value!r}: use now, today, -30d, -2h, Unix seconds or 2025-12-06[T14:00]"
         ) from None
     return (dt if dt.tzinfo else dt.replace(tzinfo=zone)).timestamp()
@@ -290,7 +290,14 @@ def counts_cmd(
     tz = _check_tz(tz)
     if device is not None and site is None:
         fail("--device needs --site")
-    lo, hi = parse_time(since, tz), parse_time(until, tz)
+    try:
+        lo = parse_time(since, tz)
+    except ValueError as exc:
+        fail(f"--since: {exc}")
+    try:
+        hi = parse_time(until, tz)
+    except ValueError as exc:
+        fail(f"--until: {exc}")
     if hi <= lo:
         fail(f"--until ({when(hi, tz)}) must be after --since ({when(lo, tz)})")
     if hi - lo > 400 * 86400:

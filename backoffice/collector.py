@@ -134,9 +134,14 @@ class Stats:
         )
         self.lag: deque[float] = deque(maxlen=200_000)  # device timestamp -> commit
         self.hold: deque[float] = deque(maxlen=200_000)  # received -> commit
+        self.first_received: float | None = None  # when the first stored batch began to arrive
+        self.last_commit: float | None = None
 
     def add(self, out: Outcome, batch: list[Message | Rejection], committed: float) -> None:
         """Account for a committed batch."""
+        if self.first_received is None:
+            self.first_received = min(m.received for m in batch)
+        self.last_commit = committed
         self.counts["batches"] += 1
         self.counts["messages"] += len(batch)
         for k in ("stored", "duplicates", "conflicts", "rejected", "expired", "status"):
@@ -149,9 +154,14 @@ class Stats:
     def snapshot(self) -> dict[str, Any]:
         """Counters, rates and percentiles."""
         elapsed = max(1e-9, time.time() - self.started)
+        busy = (self.last_commit - self.first_received) if self.first_received and self.last_commit else 0.0
         return {
             **self.counts,
             "elapsed_s": round(elapsed, 3),
+            "first_received": self.first_received,
+            "last_commit": self.last_commit,
+            "busy_s": round(busy, 3),
+            "stored_per_busy_s": round(self.counts["stored"] / busy, 1) if busy > 0 else None,
             "stored_per_s": round(self.counts["stored"] / elapsed, 1),
             "lag_p50_s": _pct(self.lag, 50),
             "lag_p99_s": _pct(self.lag, 99),
@@ -208,7 +218,9 @@ class Collector:
             protocol=paho.MQTTv5,
             manual_ack=True,
         )
-        client.enable_logger(log.getChild("paho"))
+        paho_log = log.getChild("paho")
+        paho_log.addFilter(_not_while_connecting)
+        client.enable_logger(paho_log)
         client.suppress_exceptions = True
         # Back quickly after a broker restart: Mosquitto 2.0.11 forgets shared subscriptions across a
         # restart (plain ones it restores), so until we subscribe again messages for the group reach
@@ -440,6 +452,11 @@ class Collector:
         self._faults[point] = left - 1
         if left <= 1:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _not_while_connecting(record: logging.LogRecord) -> bool:
+    """Drop paho's "Client is not connected" at every loop turn of an outage (our reconnect line says it)."""
+    return not record.getMessage().startswith("Client is not connected")
 
 
 def _faults(spec: str) -> dict[str, int]:

@@ -221,7 +221,7 @@ class EpochState:
     pruned_seq: int = 0
     tail_seq: int | None = None
     tail_end: float | None = None
-    counted_start: dict[Key, int] | None = None  # the epoch message's `counted` (None: not arrived)
+    counted_text: str | None = None  # the epoch message's `counted`, as stored (None: not arrived)
     announced: Any = None  # the epoch message that arrived in this batch
     dirty: set[str] = field(default_factory=set)
 
@@ -250,7 +250,11 @@ class EpochState:
     @property
     def fresh_db(self) -> bool:
         """The epoch began on an empty database (nothing counted before it: nothing to replay)."""
-        return self.state is not None and self.counted_start == {}
+        return (
+            self.state is not None
+            and self.counted_text is not None
+            and not flat(json.loads(self.counted_text))
+        )
 
     def is_replay(self, p: Period) -> bool:
         """A break's carried-over period or catch-up: counted by the parent already (or lost)."""
@@ -589,7 +593,7 @@ def load_epochs(conn: Connection, ids: Iterable[int]) -> dict[int, EpochState]:
             pruned_seq=int(r.pruned_seq),
             tail_seq=r.tail_seq,
             tail_end=r.tail_end,
-            counted_start=None if r.counted is None else flat(json.loads(r.counted)),
+            counted_text=r.counted,
         )
     parents = {(s.device_id, s.prev_epoch): s for s in out.values() if s.prev_epoch}
     if parents:

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, and_, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from backoffice import bulk
 from backoffice import tables as t
 from backoffice.figures import OPEN_GAPS, EpochState, Period, Settler, flat, load_epochs
 from backoffice.protocol import Message, Rejection
@@ -72,6 +73,7 @@ class Ingest:
         self.hook = hook or (lambda point: None)
         self._devices: dict[tuple[str, str], int] = {}
         self._epochs: dict[tuple[int, str], int] = {}
+        self._keys: dict[tuple[str, str, str], int] = {}
 
     def store(self, batch: Sequence[Message | Rejection]) -> Outcome:
         """Store a batch in one transaction.
@@ -83,9 +85,12 @@ class Ingest:
         new_devices: dict[tuple[str, str], int] = {}
         new_epochs: dict[tuple[int, str], int] = {}
         with self.engine.begin() as conn:
-            _Batch(self, conn, out, new_devices, new_epochs).run(batch)
+            work = _Batch(self, conn, out, new_devices, new_epochs)
+            work.run(batch)
+        # Ids learnt in a transaction are trusted only once it has committed.
         self._devices.update(new_devices)
         self._epochs.update(new_epochs)
+        self._keys.update(work.new_keys)
         return out
 
 
@@ -104,6 +109,8 @@ class _Batch:
         self.devices = dict(ingest._devices)
         self.epoch_ids = dict(ingest._epochs)
         self.new_devices, self.new_epochs = new_devices, new_epochs
+        self.keys = dict(ingest._keys)
+        self.new_keys: dict[tuple[str, str, str], int] = {}
         self.epochs: dict[int, EpochState] = {}
 
     # --- the steps ---------------------------------------------------------------------------------
@@ -208,20 +215,13 @@ class _Batch:
                 self._conflict(key, m)
         if not first:
             return []
-        rows = [
-            {
-                "epoch_id": k[0],
-                "seq": k[1],
-                "kind": m.kind,
-                "ts": m.ts,
-                "received": m.received,
-                "payload": m.text,
-            }
-            for k, m in first.items()
-        ]
+        rows = [(k[0], k[1], m.kind, m.ts, m.received, m.text) for k, m in first.items()]
         c = t.messages.c
-        stmt = _insert(self.conn, t.messages).on_conflict_do_nothing().returning(c.epoch_id, c.seq)
-        inserted = {(r.epoch_id, int(r.seq)) for r in self.conn.execute(stmt, rows)}
+        cols = ("epoch_id", "seq", "kind", "ts", "received", "payload")
+        inserted = {
+            (int(e), int(s))
+            for e, s in bulk.insert_new(self.conn, t.messages, cols, ("epoch_id", "seq"), rows)
+        }
         again = [k for k in first if k not in inserted]
         if again:
             stored = {
@@ -315,7 +315,7 @@ class _Batch:
                 prev_epoch=prev.get("epoch"),
                 prev_last_seq=prev.get("last_seq"),
             )
-            ep.counted_start = flat(m.body.get("counted"))
+            ep.counted_text = json.dumps(m.body.get("counted"))
             ep.announced = m
             ep.dirty.add("announced")
             if prev.get("epoch"):
@@ -333,19 +333,20 @@ class _Batch:
         if not items:
             return
         rows = [
-            {
-                "epoch_id": k[0],
-                "seq": k[1],
-                "device_id": device_ids[(m.site, m.device)],
-                "ts": m.ts,
-                "line": m.body["line"],
-                "direction": m.body["direction"],
-                "class_name": m.body["class_name"],
-                "track_id": m.body.get("track_id"),
-            }
+            (
+                k[0],
+                k[1],
+                device_ids[(m.site, m.device)],
+                m.ts,
+                m.body["line"],
+                m.body["direction"],
+                m.body["class_name"],
+                m.body.get("track_id"),
+            )
             for k, m in items
         ]
-        self.conn.execute(t.crossings.insert(), rows)
+        cols = ("epoch_id", "seq", "device_id", "ts", "line", "direction", "class_name", "track_id")
+        bulk.insert(self.conn, t.crossings, cols, rows)
 
     def _command_results(
         self, items: list[tuple[Key, Message]], device_ids: dict[tuple[str, str], int]
@@ -456,7 +457,8 @@ class _Batch:
                 unsure.add(epoch_id)
                 slow.append(p)
             periods.append(p)
-        self.conn.execute(t.counts_periods.insert(), [p.row() for p in periods])
+        rows = [p.row() for p in periods]
+        bulk.insert(self.conn, t.counts_periods, tuple(rows[0]), [tuple(r.values()) for r in rows])
         batch = {(p.epoch_id, p.seq) for p in periods}
         for p in slow:
             was_first = _is_first(self.conn, p)
@@ -474,13 +476,9 @@ class _Batch:
             end = float(m.body["period_end"])
             if device_id not in ends or end > ends[device_id][0]:
                 ends[device_id] = (end, m.received)
-        d = t.devices.c
-        for device_id, (end, received) in ends.items():
-            self.conn.execute(
-                t.devices.update()
-                .where(d.id == device_id, (d.last_counts_end.is_(None)) | (d.last_counts_end < end))
-                .values(last_counts_end=end, last_counts_received=received)
-            )
+        last = [(dv, end, rc) for dv, (end, rc) in sorted(ends.items())]
+        cols = ("id", "last_counts_end", "last_counts_received")
+        bulk.update(self.conn, t.devices, cols, last, newer="last_counts_end")
         for epoch_id in {p.epoch_id for p in periods}:
             child = self.epochs[epoch_id].child_id
             if child is not None:
@@ -536,50 +534,63 @@ class _Batch:
                 settler.transitions.add(r.id)
 
     def _hourly(self, settler: Settler) -> None:
-        rows = [
-            {"device_id": dv, "hour": h, "line": k[0], "direction": k[1], "class_name": k[2], "n": n}
-            for (dv, h, k), n in sorted(settler.deltas.items())
-            if n
-        ]
-        if not rows:
+        deltas = [(dv, h, k, n) for (dv, h, k), n in sorted(settler.deltas.items()) if n]
+        if not deltas:
             return
-        stmt = _insert(self.conn, t.hourly)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["device_id", "hour", "line", "direction", "class_name"],
-            set_={"n": t.hourly.c.n + stmt.excluded.n},
-        )
-        self.conn.execute(stmt, rows)
+        key_ids = self._key_ids({k for _, _, k, _ in deltas})
+        rows = sorted((dv, h, key_ids[k], n) for dv, h, k, n in deltas)
+        bulk.add_counts(self.conn, t.hourly, ("device_id", "hour", "key_id"), rows)
+        # The store roll-up, in key order (two collectors updating one store lock its rows in one order).
+        sites = {dv: s for (s, _), dv in self.devices.items()}
+        per_site: dict[tuple[str, int, int], int] = defaultdict(int)
+        for dv, h, k, n in rows:
+            per_site[(sites[dv], h, k)] += n
+        site_rows = [(*key, n) for key, n in sorted(per_site.items()) if n]
+        bulk.add_counts(self.conn, t.site_hourly, ("site", "hour", "key_id"), site_rows)
+
+    def _key_ids(self, keys: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
+        k = t.count_keys.c
+        missing = [x for x in keys if x not in self.keys]
+        if missing:
+            sel = select(k.id, k.line, k.direction, k.class_name)
+            found = self.conn.execute(sel.where(tuple_(k.line, k.direction, k.class_name).in_(missing))).all()
+            if len(found) < len(missing):
+                rows = [{"line": a, "direction": b, "class_name": c} for a, b, c in missing]
+                self.conn.execute(_insert(self.conn, t.count_keys).on_conflict_do_nothing(), rows)
+                found = self.conn.execute(
+                    sel.where(tuple_(k.line, k.direction, k.class_name).in_(missing))
+                ).all()
+            for r in found:
+                self.keys[(r.line, r.direction, r.class_name)] = self.new_keys[
+                    (r.line, r.direction, r.class_name)
+                ] = r.id
+        return {x: self.keys[x] for x in keys}
 
     def _write_epochs(self) -> None:
-        e = t.epochs.c
-        columns = {
-            "started",
-            "state",
-            "interval_start",
-            "prev_epoch",
-            "prev_last_seq",
-            "child_id",
-            "min_seq",
-            "max_seq",
-            "top_seq",
-            "n_messages",
-            "tail_seq",
-            "tail_end",
-        }
+        """Write back what changed: the bookkeeping of every touched epoch in one executemany."""
+        rows = []
         for ep in self.epochs.values():
             if not ep.dirty:
                 continue
-            values = {k: getattr(ep, k) for k in ep.dirty & columns}
+            rows.append((ep.id, *(getattr(ep, k) for k in _BOOKKEEPING)))
             if "announced" in ep.dirty:
                 m = ep.announced
-                values |= {
-                    "announced_seq": m.seq,
-                    "recovered": m.body.get("recovered"),
-                    "counted": json.dumps(m.body.get("counted")),
-                }
-            if values:
-                self.conn.execute(t.epochs.update().where(e.id == ep.id).values(**values))
+                self.conn.execute(
+                    t.epochs.update()
+                    .where(t.epochs.c.id == ep.id)
+                    .values(
+                        started=ep.started,
+                        state=ep.state,
+                        interval_start=ep.interval_start,
+                        prev_epoch=ep.prev_epoch,
+                        prev_last_seq=ep.prev_last_seq,
+                        announced_seq=m.seq,
+                        recovered=m.body.get("recovered"),
+                        counted=json.dumps(m.body.get("counted")),
+                    )
+                )
             ep.dirty.clear()
+        bulk.update(self.conn, t.epochs, ("id", *_BOOKKEEPING), rows)
 
     def _rejected(self, rejections: Iterable[Rejection]) -> None:
         rows = [
@@ -594,6 +605,9 @@ class _Batch:
         ]
         if rows:
             self.conn.execute(t.rejected.insert(), rows)
+
+
+_BOOKKEEPING = ("child_id", "min_seq", "max_seq", "top_seq", "n_messages", "tail_seq", "tail_end")
 
 
 def _place(ep: EpochState, gaps: list[list[int]], s: int) -> None:

@@ -15,6 +15,7 @@ Topics below ``{prefix}/{site}/{device}/`` (PROTOCOL.md): ``counts``, ``events/c
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -32,6 +33,8 @@ MAX_NAME = 200  # site, device, line, class and product names (database columns 
 _MAX_INT = 2**53
 _MAX_TIME = 95_617_584_000.0  # year 5000
 _TIMES = ("timestamp", "period_start", "period_end", "interval_start")
+# What a NUL, a lone surrogate or an integer beyond 2**53 looks like in JSON text.
+_SUSPECT = re.compile(r"\\u0000|\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\d{16}")
 
 # kind -> (schema file, topic below the device)
 KINDS: dict[str, tuple[str, str]] = {
@@ -185,9 +188,11 @@ def parse(
         return no(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})")
     except ValueError as exc:
         return no(f"payload is not JSON: {exc}")
+    except RecursionError:
+        return no("payload is not JSON this collector can read: nested too deeply")
     if not isinstance(body, dict):
         return no(f"payload is a JSON {type(body).__name__}, not an object")
-    problem = _schema_problem(kind, body) or _value_problem(body) or _names_problem(body)
+    problem = _schema_problem(kind, body) or _value_problem(body, text) or _names_problem(body)
     if problem:
         return no(f"{KINDS[kind][0]}: {problem}")
     if body["site"] != site or body["device"] != device:
@@ -207,8 +212,20 @@ def _schema_problem(kind: str, body: dict[str, Any]) -> str | None:
     return "invalid"  # pragma: no cover - is_valid and iter_errors agree
 
 
-def _value_problem(body: Any, path: str = "", depth: int = 0) -> str | None:
-    """Values a database column could not hold: NUL, lone surrogates, huge ints, odd times, long names."""
+def _value_problem(body: dict[str, Any], text: str) -> str | None:
+    """Values a database column could not hold: times outside 1970..5000, NUL, lone surrogates, huge ints.
+
+    The last three can only come from an escape or a long digit run in the text: one regex search
+    decides whether the (slower) walk through every value is needed.
+    """
+    for key in _TIMES:
+        v = body.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 <= v < _MAX_TIME:
+            return f"{key}: {v} is not a Unix time in years 1970..5000"
+    return _walk(body) if _SUSPECT.search(text) else None
+
+
+def _walk(body: Any, path: str = "", depth: int = 0) -> str | None:
     if depth > 8:
         return f"{path or '(root)'}: nested deeper than 8 levels"
     items = body.items() if isinstance(body, dict) else enumerate(body) if isinstance(body, list) else ()
@@ -220,11 +237,9 @@ def _value_problem(body: Any, path: str = "", depth: int = 0) -> str | None:
             continue
         if isinstance(value, int) and abs(value) > _MAX_INT:
             return f"{where}: integer beyond 2**53"
-        if isinstance(value, float) and key in _TIMES and not 0.0 <= value < _MAX_TIME:
-            return f"{where}: {value} is not a Unix time in years 1970..5000"
         if isinstance(value, str) and (problem := _text_problem(value)):
             return f"{where}: {problem}"
-        if isinstance(value, (dict, list)) and (problem := _value_problem(value, where, depth + 1)):
+        if isinstance(value, (dict, list)) and (problem := _walk(value, where, depth + 1)):
             return problem
     return None
 

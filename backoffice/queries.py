@@ -16,7 +16,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, text
@@ -52,9 +52,8 @@ __all__ = [
 By = Literal["hour", "day"]
 
 
-@dataclass(frozen=True)
-class CountRow:
-    """Products counted in one bucket.
+class CountRow(NamedTuple):
+    """Products counted in one bucket (a named tuple: a month of a chain is many rows).
 
     Attributes:
         site: store.
@@ -250,35 +249,41 @@ def counts(
         ...     res = counts(conn, site="s1", since=time.time() - 86400, until=time.time())
     """
     h0, h1 = hour_of(since), -(-int(until) // HOUR) * HOUR
-    d, h = t.devices.c, t.hourly.c
-    group = [d.site, h.hour, h.line, h.direction, h.class_name]
-    if per_device or device is not None:
-        group.insert(1, d.device)
-    q = (
-        select(*group, func.sum(h.n).label("n"))
-        .select_from(t.hourly.join(t.devices, d.id == h.device_id))
-        .where(h.hour >= h0, h.hour < h1)
-        .group_by(*group)
-    )
-    q = _filter(q, site, device)
+    lanes = per_device or device is not None
+    q: Any
+    if lanes:  # the lane roll-up
+        d, h = t.devices.c, t.hourly.c
+        q = (
+            select(d.site, d.device, h.hour, h.key_id, h.n)
+            .select_from(t.hourly.join(t.devices, d.id == h.device_id))
+            .where(h.hour >= h0, h.hour < h1)
+        )
+        q = _filter(q, site, device)
+    else:  # the store roll-up: no lane rows to add up
+        s = t.site_hourly.c
+        q = select(s.site, s.hour, s.key_id, s.n).where(s.hour >= h0, s.hour < h1)
+        if site is not None:
+            q = q.where(s.site == site)
     zone = ZoneInfo(tz)
     found = spans(conn, since=h0, until=h1, site=site, device=device)
-    inexact = _inexact_buckets(found, by, zone, per_device or device is not None)
+    inexact = _inexact_buckets(found, by, zone, lanes)
+    keys = {r.id: (r.line, r.direction, r.class_name) for r in conn.execute(select(t.count_keys))}
+    buckets: dict[int, int] = {}
     sums: dict[tuple[Any, ...], int] = defaultdict(int)
-    for r in conn.execute(q):
-        dev = r.device if (per_device or device is not None) else None
-        start = _bucket(int(r.hour), by, zone)
-        sums[(r.site, dev, start, r.line, r.direction, r.class_name)] += int(r.n)
+    for r in conn.execute(q).all():
+        hour = int(r[-3])
+        if hour not in buckets:
+            buckets[hour] = _bucket(hour, by, zone)
+        line, direction, cls = keys[r[-2]]
+        sums[(r[0], r[1] if lanes else "", buckets[hour], line, direction, cls)] += int(r[-1])
     rows = [
-        CountRow(s, dv, float(st), ln, di, cl, n, (s, dv, st) not in inexact)
-        for (s, dv, st, ln, di, cl), n in sorted(sums.items(), key=lambda kv: _sort_key(kv[0]))
+        CountRow(
+            k[0], k[1] or None, float(k[2]), k[3], k[4], k[5], n, (k[0], k[1] or None, k[2]) not in inexact
+        )
+        for k, n in sorted(sums.items())
         if n
     ]
     return CountsResult(rows, found)
-
-
-def _sort_key(k: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (k[0], k[1] or "", *k[2:])
 
 
 def _bucket(hour: int, by: By, zone: ZoneInfo) -> int:

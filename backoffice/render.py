@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -40,7 +40,12 @@ def when(ts: float | None, tz: str = "UTC") -> str:
 
 
 def _plain(row: Any) -> dict[str, Any]:
-    d = asdict(row) if is_dataclass(row) and not isinstance(row, type) else dict(row)
+    if hasattr(row, "_asdict"):
+        d = row._asdict()
+    elif is_dataclass(row) and not isinstance(row, type):
+        d = asdict(row)
+    else:
+        d = dict(row)
     for k, v in list(d.items()):
         if isinstance(v, Mapping) and v and isinstance(next(iter(v)), tuple):
             d[k] = nest(v)
@@ -55,13 +60,7 @@ def render(rows: Sequence[Any], fmt: str, columns: Sequence[str] | None = None, 
     if fmt == "json":
         return json.dumps(plain, indent=1, sort_keys=False, default=str)
     if columns is None:
-        columns = (
-            [f.name for f in fields(rows[0])]
-            if rows and is_dataclass(rows[0])
-            else list(plain[0])
-            if plain
-            else []
-        )
+        columns = list(plain[0]) if plain else []
     table = [[_cell(r.get(c), c, tz, fmt) for c in columns] for r in plain]
     if fmt == "csv":
         buf = io.StringIO()

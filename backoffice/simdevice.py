@@ -228,15 +228,15 @@ class SimDevice:
         first = next_boundary(db.interval_start, self.period)
         if now < first:
             return
-        self._queue_counts(first)
+        self._queue_counts(first, now)
         last = last_boundary(now, self.period)
         if last > first:
-            self._queue_counts(last)  # the one empty catch-up period
+            self._queue_counts(last, now)  # the one empty catch-up period
 
-    def _queue_counts(self, end: float) -> None:
+    def _queue_counts(self, end: float, now: float) -> None:
         db = self.db
         body = {
-            "timestamp": end,
+            "timestamp": now,  # when it was queued: at or after period_end
             "period_start": db.interval_start,
             "period_end": end,
             "cumulative": _per_line(db.cumulative, self.lines),

@@ -12,7 +12,9 @@ table              what it holds
 ``messages``       the ledger: every keyed message exactly once, as received (key: epoch, seq)
 ``counts_periods`` one row per counts message: period, interval, counted, and how it was settled
 ``crossings``      one row per crossing event
-``hourly``         the roll-up: counts per device, UTC hour, line, direction and class
+``count_keys``     (line, direction, class) → a small id, so roll-up rows are four integers
+``hourly``         the roll-up: counts per device, UTC hour and count key
+``site_hourly``    the same per store (the sum of its lanes): store and chain queries read only this
 ``seq_gaps``       missing seq ranges per epoch; they shrink and close when late messages arrive
 ``alerts``         the current state of each restock/source alert of each device
 ``command_results`` replies to commands (``cmd/result``)
@@ -45,6 +47,7 @@ __all__ = [
     "alerts",
     "command_results",
     "conflicts",
+    "count_keys",
     "counts_periods",
     "crossings",
     "devices",
@@ -55,6 +58,7 @@ __all__ = [
     "metadata",
     "rejected",
     "seq_gaps",
+    "site_hourly",
 ]
 
 metadata = MetaData(
@@ -176,16 +180,36 @@ crossings = Table(
     Index(None, "device_id", "ts"),
 )
 
+count_keys = Table(
+    "count_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("line", String(200), nullable=False),
+    Column("direction", String(3), nullable=False),
+    Column("class_name", String(200), nullable=False),
+    UniqueConstraint("line", "direction", "class_name"),
+)
+
 hourly = Table(
     "hourly",
     metadata,
     Column("device_id", Integer, ForeignKey("devices.id"), primary_key=True),
     Column("hour", BigInteger, primary_key=True, autoincrement=False),
-    Column("line", String(200), primary_key=True),
-    Column("direction", String(3), primary_key=True),
-    Column("class_name", String(200), primary_key=True),
+    Column("key_id", Integer, ForeignKey("count_keys.id"), primary_key=True),
     Column("n", BigInteger, nullable=False),
     Index(None, "hour"),
+    sqlite_with_rowid=False,  # stored in key order: a store's month is one range of the table
+)
+
+site_hourly = Table(
+    "site_hourly",
+    metadata,
+    Column("site", String(200), primary_key=True),
+    Column("hour", BigInteger, primary_key=True, autoincrement=False),
+    Column("key_id", Integer, ForeignKey("count_keys.id"), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Index(None, "hour"),
+    sqlite_with_rowid=False,
 )
 
 seq_gaps = Table(

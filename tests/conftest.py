@@ -60,7 +60,7 @@ def mosquitto_persistent():
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A private PostgreSQL on a free port (initdb + pg_ctl), shared by the session's tests."""
-    from pg import PgCluster, pg_bin
+    from backoffice.localpg import PgCluster, pg_bin
 
     bindir = pg_bin()
     if bindir is None:

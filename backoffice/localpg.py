@@ -1,6 +1,6 @@
-"""A private PostgreSQL cluster for the tests: initdb + pg_ctl in a temporary folder, on a free port.
+"""A private PostgreSQL for tests and benchmarks: initdb + pg_ctl in a temporary folder, on a free port.
 
-The shared server on 5432 is never touched (a test restarts this one mid-stream). As root the cluster
+A server someone else runs is never touched (a test restarts this one mid-stream). As root the cluster
 runs as the ``postgres`` OS user (PostgreSQL refuses to run as root). Debian's binaries live under
 /usr/lib/postgresql/<version>/bin; ``make system-deps`` installs the ``postgresql`` package.
 """
