@@ -9,6 +9,7 @@ message, never a 500.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -246,7 +247,10 @@ def test_login_needs_its_csrf_token_and_the_right_password(world: World) -> None
     assert (
         unknown.status_code == 401 and unknown.json()["detail"] == bad.json()["detail"]
     )  # no user enumeration
-    assert c.post("/login", data={"name": "alice", "password": PASSWORD}, follow_redirects=False).status_code == 403
+    assert (
+        c.post("/login", data={"name": "alice", "password": PASSWORD}, follow_redirects=False).status_code
+        == 403
+    )
     form = c.get("/login")
     assert form.status_code == 200 and 'name="csrf_token"' in form.text
     token = form.text.split('name="csrf_token" value="')[1].split('"')[0]
@@ -418,6 +422,27 @@ def test_fleet_marks_stale_lanes_and_old_models(world: World) -> None:
         assert states[(A, "lane-1")] == "stale" and states[(A, "lane-2")] == "offline"
     page = world.clients["admin"].get("/").text
     assert "not the newest (sim-2)" in page
+
+
+def test_a_large_fleet_lists_the_lanes_that_need_a_look(world: World, monkeypatch) -> None:
+    from backoffice.web import pages
+
+    monkeypatch.setattr(pages, "FLEET_ALL_LANES", 2)
+    page = world.clients["admin"].get("/").text
+    # north-17/lane-1 is online but on an old model, lane-2 offline, south-42/lane-1 has an open alert
+    assert page.count('class="lane state-') == 3 and "list every lane" in page
+    with world.cfg.reader.connect() as conn:
+        stores, _ = views.fleet(conn, User(0, "hq", "admin", ()), TZ)
+    lane = stores[0].lanes[0]
+    fine = dataclasses.replace(
+        lane,
+        state="online",
+        outdated=False,
+        row=dataclasses.replace(lane.row, open_alerts=0, missing_messages=0),
+    )
+    store = views.Store(A, TZ, [fine, lane])
+    assert store.attention == [lane]
+    assert world.clients["admin"].get("/?all=1").text.count('class="lane state-') == 3
 
 
 def test_empty_states_say_what_to_do(tmp_path) -> None:
@@ -737,4 +762,6 @@ def test_the_readme_shows_this_access_table() -> None:
     from backoffice.web.access import markdown
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert markdown() in readme, "README's access table is out of date: paste backoffice.web.access.markdown()"
+    assert markdown() in readme, (
+        "README's access table is out of date: paste backoffice.web.access.markdown()"
+    )

@@ -46,6 +46,9 @@ router = APIRouter(include_in_schema=False)
 
 Day = Annotated[str | None, Query(max_length=10, description="YYYY-MM-DD in the store's time zone")]
 Days = Annotated[int, Query(ge=1, le=MAX_PAGE_DAYS)]
+FLEET_ALL_LANES = (
+    200  # more lanes than this: the fleet page lists those that need a look (?all=1: every lane)
+)
 MAX_HOUR_DAYS = 7  # a page lists every bucket: hours for a week at most
 
 
@@ -151,11 +154,14 @@ def fleet_page(
     request: Request,
     s: Annotated[Session, Depends(page_session)],
     cfg: Annotated[Settings, Depends(settings)],
+    all: Annotated[bool, Query(description="every lane, also of a large fleet")] = False,
 ) -> Response:
-    """Stores → lanes with liveness, model, alerts, gaps."""
+    """Stores → lanes with liveness, model, alerts, gaps (a large fleet: the lanes that need a look)."""
     with cfg.reader.connect() as conn:
         stores, newest = views.fleet(conn, s.user, cfg.default_tz)
-    return _page(request, "fleet.html", {"session": s, "stores": stores, "newest": newest, "title": "Fleet"})
+    show_all = all or sum(len(st.lanes) for st in stores) <= FLEET_ALL_LANES
+    ctx = {"session": s, "stores": stores, "newest": newest, "title": "Fleet", "show_all": show_all}
+    return _page(request, "fleet.html", ctx)
 
 
 def _buckets(since: float, until: float, by: By, tz: str) -> list[int]:

@@ -93,6 +93,15 @@ class Store:
         """Lanes in ``state``."""
         return sum(1 for ln in self.lanes if ln.state == state)
 
+    @property
+    def attention(self) -> list[Lane]:
+        """Lanes that need a look: not online, not on the newest model, open alerts or missing messages."""
+        return [
+            ln
+            for ln in self.lanes
+            if ln.state != "online" or ln.outdated or ln.row.open_alerts or ln.row.missing_messages
+        ]
+
 
 def lane_state(
     row: queries.DeviceRow, period_s: float | None, now: float, uptime_s: float | None = None
