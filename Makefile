@@ -10,7 +10,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet bench-dashboard
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model clean wheelhouse test-fleet bench-backoffice bench-dashboard
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -23,12 +23,15 @@ help:
 	@echo "make demo-model  retrain the committed demo model on synthetic scenes (CPU: about an hour)"
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
+	@echo "make bench-backoffice  collector ingest rate and latency (SQLite, PostgreSQL), query times on 30 days x 1,000 lanes"
 	@echo "make bench-dashboard  the dashboard's page-load times on 30 days x 1,000 lanes"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
-# OpenCV's sample footage (real pictures nobody here made) for smoke tests, and strace, whose
-# syscall fault injection kills the daemon at every fsync boundary in the state tests; Debian's chromium
-# and chromedriver for the dashboard's browser tests (Selenium drives them; no browser is downloaded).
+# OpenCV's sample footage (real pictures nobody here made) for smoke tests, strace, whose
+# syscall fault injection kills the daemon at every fsync boundary in the state tests,
+# PostgreSQL's binaries (the back office tests start a private cluster with initdb; no server needed),
+# and Debian's chromium and chromedriver for the dashboard's browser tests (Selenium drives them; no
+# browser is downloaded).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -37,6 +40,7 @@ system-deps:
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || missing="$$missing opencv-doc"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
@@ -60,7 +64,7 @@ $(DEMO_STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
 	python3 -m venv $(DEMO_VENV)
 	$(DEMO_VENV)/bin/python -m pip install -q --upgrade pip
-	$(DEMO_VENV)/bin/python -m pip install -q -e '.[demo]'
+	$(DEMO_VENV)/bin/python -m pip install -q -e '.[demo,backoffice]'
 	touch $@
 
 test: venv
@@ -96,9 +100,9 @@ test-edge: system-deps $(EDGE_STAMP)
 	$(EDGE_VENV)/bin/mypy edge
 
 lint: venv
-	$(VENV)/bin/ruff check edge train export tests provisioning
-	$(VENV)/bin/ruff format --check edge train export tests provisioning
-	$(VENV)/bin/mypy edge train export
+	$(VENV)/bin/ruff check edge train export tests provisioning backoffice
+	$(VENV)/bin/ruff format --check edge train export tests provisioning backoffice
+	$(VENV)/bin/mypy edge train export backoffice
 
 check: lint test
 
@@ -129,9 +133,16 @@ bench-counting: venv $(BENCH_VENV)/.installed
 bench-dashboard: venv
 	$(PY) -m backoffice.web.bench --db bench-out/dashboard.db --runs 20
 
+# The back office collector runs beside the demo's private Mosquitto (SQLite in demo-out/), then prints
+# what it stored per hour beside the ground truth; last, the dashboard on that database with a login made
+# for the demo (serving until Ctrl-C in a terminal; under CI=true it stops at once).
 demo: system-deps $(DEMO_STAMP)
 	$(DEMO_VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
-	$(DEMO_VENV)/bin/python -m edge.demo --video demo-out/video --out demo-out
+	rm -f demo-out/backoffice.db demo-out/backoffice.db-wal demo-out/backoffice.db-shm demo-out/companion.log
+	$(DEMO_VENV)/bin/python -m edge.demo --video demo-out/video --out demo-out --companion-ready "subscribed to" \
+		--companion "$(DEMO_VENV)/bin/lanecount-backoffice collect --broker mqtt://127.0.0.1:{port} --group '' --db demo-out/backoffice.db --batch-ms 50"
+	$(DEMO_VENV)/bin/python -m backoffice.demo --db demo-out/backoffice.db --truth demo-out/video/crossings.json
+	$(DEMO_VENV)/bin/python -m backoffice.web.demo --db demo-out/backoffice.db
 
 demo-model: venv
 	$(PY) -m train.demo_model
@@ -143,6 +154,10 @@ WHEEL_PYTHON ?= 3.10
 WHEELHOUSE ?= wheelhouse/jetson
 wheelhouse: venv
 	$(PY) provisioning/wheelhouse.py --platform $(WHEEL_PLATFORM) --python $(WHEEL_PYTHON) --out $(WHEELHOUSE)
+
+# The back office (about 10 minutes): a private Mosquitto and PostgreSQL, simulated lanes, real collectors.
+bench-backoffice: venv
+	$(PY) -m backoffice.bench --out bench-out/backoffice
 
 # Real hosts (systemd as PID 1, sshd) on this machine only: needs root, debootstrap, systemd-nspawn.
 test-fleet: venv

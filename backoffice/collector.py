@@ -116,6 +116,10 @@ class Stats:
     """Counters and latency samples; a one-line summary and a JSON document for the benchmark."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh (SIGUSR1: e.g. after a benchmark's warm-up)."""
         self.started = time.time()
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -328,9 +332,10 @@ class Collector:
         self._stop.set()
 
     def install_signals(self) -> None:
-        """SIGTERM and SIGINT stop the collector cleanly."""
+        """SIGTERM and SIGINT stop the collector cleanly; SIGUSR1 starts the statistics afresh."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGUSR1, lambda *_: self.stats.reset())
 
     def _take(self, drain: bool = False) -> list[_Item]:
         """Up to ``batch_size`` messages: the first within 0.5 s, the rest within ``batch_ms`` of it."""

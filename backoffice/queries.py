@@ -12,6 +12,7 @@ rows, so a figure is either proven or says why not — never a guess.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, literal_column, select, text
 from sqlalchemy.engine import Connection
 
 from backoffice import tables as t
@@ -250,32 +251,37 @@ def counts(
     """
     h0, h1 = hour_of(since), -(-int(until) // HOUR) * HOUR
     lanes = per_device or device is not None
-    q: Any
-    if lanes:  # the lane roll-up
-        d, h = t.devices.c, t.hourly.c
-        q = (
-            select(d.site, d.device, h.hour, h.key_id, h.n)
-            .select_from(t.hourly.join(t.devices, d.id == h.device_id))
-            .where(h.hour >= h0, h.hour < h1)
-        )
-        q = _filter(q, site, device)
-    else:  # the store roll-up: no lane rows to add up
-        s = t.site_hourly.c
-        q = select(s.site, s.hour, s.key_id, s.n).where(s.hour >= h0, s.hour < h1)
-        if site is not None:
-            q = q.where(s.site == site)
     zone = ZoneInfo(tz)
+    table = t.hourly if lanes else t.site_hourly  # the store roll-up: no lane rows to add up
+    h = table.c
+    # Days are summed in the database: a CASE over the local midnights in the range (DST included).
+    bucket: Any = h.hour
+    whens: list[Any] = [True]
+    if by == "day":
+        # Literal numbers (ours, computed here): SELECT and GROUP BY must show the same expression.
+        starts: list[Any] = [literal_column(str(x)) for x in _day_starts(h0, h1, zone)]
+        whens = [(h.hour < nxt, cur) for cur, nxt in itertools.pairwise(starts)]
+        bucket = case(*whens, else_=starts[-1]) if whens else starts[0]
+    group: list[Any]
+    if lanes:
+        d = t.devices.c
+        group = [d.site, d.device, bucket, h.key_id]
+        q = select(*group, func.sum(h.n)).select_from(t.hourly.join(t.devices, d.id == h.device_id))
+        q = _filter(q, site, device)
+    else:
+        group = [h.site, bucket, h.key_id]
+        q = select(*group, func.sum(h.n))
+        if site is not None:
+            q = q.where(h.site == site)
+    # One day: the bucket is a constant, and a number in GROUP BY would mean a column's position.
+    q = q.where(h.hour >= h0, h.hour < h1).group_by(*[g for g in group if g is not bucket or whens])
     found = spans(conn, since=h0, until=h1, site=site, device=device)
     inexact = _inexact_buckets(found, by, zone, lanes)
     keys = {r.id: (r.line, r.direction, r.class_name) for r in conn.execute(select(t.count_keys))}
-    buckets: dict[int, int] = {}
     sums: dict[tuple[Any, ...], int] = defaultdict(int)
     for r in conn.execute(q).all():
-        hour = int(r[-3])
-        if hour not in buckets:
-            buckets[hour] = _bucket(hour, by, zone)
         line, direction, cls = keys[r[-2]]
-        sums[(r[0], r[1] if lanes else "", buckets[hour], line, direction, cls)] += int(r[-1])
+        sums[(r[0], r[1] if lanes else "", int(r[-3]), line, direction, cls)] += int(r[-1])
     rows = [
         CountRow(
             k[0], k[1] or None, float(k[2]), k[3], k[4], k[5], n, (k[0], k[1] or None, k[2]) not in inexact
@@ -284,6 +290,19 @@ def counts(
         if n
     ]
     return CountsResult(rows, found)
+
+
+def _day_starts(h0: int, h1: int, zone: ZoneInfo) -> list[int]:
+    """Local midnights from the one on or before ``h0`` to the last before ``h1``."""
+    first = datetime.fromtimestamp(h0, zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    out = [int(first.timestamp())]
+    day = first.date()
+    while True:
+        day += timedelta(days=1)
+        nxt = int(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp())
+        if nxt >= h1:
+            return out
+        out.append(nxt)
 
 
 def _bucket(hour: int, by: By, zone: ZoneInfo) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -52,6 +53,37 @@ def start_broker(port: int, workdir: Path) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
     proc.kill()
     sys.exit(f"error: mosquitto did not start on port {port}")
+
+
+def start_companion(command: str, port: int, ready: str, log: Path) -> subprocess.Popen[str]:
+    """Start ``command`` ({port}: the broker's) and wait until it prints a line containing ``ready``.
+
+    Its output goes to ``log``. ``make demo`` runs the back office collector this way, so that its
+    subscription exists before the daemon publishes anything (the demo does not import it).
+    """
+    proc = subprocess.Popen(
+        shlex.split(command.format(port=port)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = proc.stdout
+    assert lines is not None
+    out = log.open("a")
+    deadline = time.monotonic() + 60
+    for line in lines:
+        out.write(line)
+        if ready in line:
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        sys.exit(f"error: the companion {command!r} exited ({proc.wait()}); see {log}")
+
+    def copy() -> None:
+        for x in lines:
+            out.write(x)
+            out.flush()
+
+    threading.Thread(target=copy, daemon=True).start()
+    return proc
 
 
 class Listener:
@@ -129,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--model", type=Path, default=MODELS / "demo.onnx")
+    p.add_argument("--companion", metavar="CMD", help="run CMD ({port}: the broker's port) beside the daemon")
+    p.add_argument("--companion-ready", default="ready", metavar="TEXT", help="CMD is up once it prints TEXT")
     a = p.parse_args(argv)
     truth = json.loads((a.video / "crossings.json").read_text())
     out = a.out.resolve()
@@ -136,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         broker = start_broker(port, Path(tmp))
+        companion = None
         try:
+            if a.companion:
+                out.mkdir(parents=True, exist_ok=True)
+                companion = start_companion(a.companion, port, a.companion_ready, out / "companion.log")
             config = write_config(a.video.resolve(), out, port, a.model.resolve())
             listener = Listener(port, "lanecount/demo-store/lane-1")
             print(
@@ -158,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)  # let the last messages arrive
             listener.close()
         finally:
+            if companion is not None:  # before the broker: it stores and acknowledges what it holds
+                companion.terminate()
+                companion.wait(30)
             broker.terminate()
             broker.wait(5)
     if rc != 0:

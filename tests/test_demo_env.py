@@ -34,6 +34,7 @@ def test_the_demo_extra_has_no_training_stack() -> None:
     demo = _requirements("demo", extras)
     assert _requirements("edge", extras) <= demo and "tqdm" in demo
     assert not demo & HEAVY
+    assert not _requirements("backoffice", extras) & HEAVY  # make demo runs the back office collector too
 
 
 def test_make_demo_uses_its_own_environment() -> None:
@@ -44,7 +45,7 @@ def test_make_demo_uses_its_own_environment() -> None:
     assert "venv" not in deps and "$(DEMO_STAMP)" in deps
     assert "$(VENV)" not in recipe and "$(PY)" not in recipe
     stamp = re.search(r"^\$\(DEMO_STAMP\):.*\n((?:\t.*\n)+)", text, re.M)
-    assert stamp is not None and "'.[demo]'" in stamp.group(1) and "torch" not in stamp.group(1)
+    assert stamp is not None and "'.[demo,backoffice]'" in stamp.group(1) and "torch" not in stamp.group(1)
 
 
 def test_what_the_demo_runs_imports_without_torch() -> None:
@@ -53,6 +54,7 @@ def test_what_the_demo_runs_imports_without_torch() -> None:
         "import sys\n"
         "for m in ('torch', 'torchvision', 'ultralytics'): sys.modules[m] = None\n"
         "import edge.demo, edge.cli, train.cli, train.synth_video\n"
+        "import backoffice.cli, backoffice.collector, backoffice.demo\n"
         "from typer.testing import CliRunner\n"
         "res = CliRunner().invoke(train.cli.app, ['synth-video', '--help'])\n"
         "assert res.exit_code == 0, res.output\n"

@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     lanes = page.count('class="lane state-')
     print(f"\ndashboard: {base}/   ({lanes} lane{'s' if lanes != 1 else ''} on the fleet page)")
     print(f"login:     {USER} / {password}   (an admin made for this demo; `user add` makes yours)")
+    if not a.broker:
+        print("           read-only: the demo's broker has stopped (Restocked needs serve --broker)")
     interactive = os.environ.get("CI", "").lower() not in ("true", "1") and sys.stdin.isatty()
     if interactive:
         print("serving until Ctrl-C ...", flush=True)
