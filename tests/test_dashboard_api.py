@@ -765,3 +765,34 @@ def test_the_readme_shows_this_access_table() -> None:
     assert markdown() in readme, (
         "README's access table is out of date: paste backoffice.web.access.markdown()"
     )
+
+
+def test_figures_the_stream_cannot_prove_are_marked(tmp_path) -> None:
+    """A device whose outbox bound dropped counts messages: the page marks those rows and says why."""
+    reader, writer = engines(str(tmp_path / "lossy.db"))
+    ingest = Ingest(writer)
+    now = time.time() // 3600 * 3600 - 4 * 3600 + 600
+    dev = SimDevice(A, "lane-9", period=60.0, max_messages=4)
+    dev.start(now)
+    for j in range(40):
+        dev.cross(now + j * 300 + 5, "apple")  # 3 h 20 min of sales
+        if j % 20 == 19:
+            flush(ingest, dev)  # the outbox overflowed in between: counts messages and events lost
+    dev.tick(now + 12100)
+    flush(ingest, dev)
+    status(ingest, dev, "online", time.time())
+    add_user(writer, "hank", "store", [A], PASSWORD)
+    c = TestClient(
+        create_app(Settings(reader, writer, Commander(reader, writer, None), "UTC")),
+        raise_server_exceptions=False,
+    )
+    login(c, "hank")
+    data = c.get(f"/api/sites/{A}/counts", params={"since": "-6h"}).json()
+    assert dev.dropped > 0 and data["spans"], (dev.dropped, data)
+    inexact = [r for r in data["rows"] if not r["exact"]]
+    assert inexact and {s["kind"] for s in data["spans"]} <= {"unattributed", "unknown", "transition"}
+    day = time.strftime("%Y-%m-%d", time.gmtime(now))
+    page = c.get(f"/sites/{A}/lanes/lane-9", params={"day": day, "days": 2}).text
+    assert 'class="inexact"' in page and "Not exact" in page and data["spans"][0]["reason"] in page
+    csv_rows = c.get(f"/api/sites/{A}/counts.csv", params={"since": "-6h"}).text.strip().splitlines()[1:]
+    assert sum(row.endswith(",false") for row in csv_rows) == len(inexact)
