@@ -82,8 +82,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         dev.alert(now - 1800, "milk_carton", "raised", 1)
         dev.tick(now)
         flush(ingest, dev)
+    lane2 = devs[f"{A}/lane-2"]
+    lane2._queue(
+        "alerts/source",
+        {
+            "timestamp": now - 120,
+            "state": "raised",
+            "source": "reconnecting",
+            "down_s": 75.0,
+            "error": "camera unplugged",
+        },
+        retain=True,
+        keep=True,
+    )
+    flush(ingest, lane2)
     status(ingest, devs[f"{A}/lane-1"], "online", now)
-    status(ingest, devs[f"{A}/lane-2"], "offline", now)
+    status(ingest, lane2, "offline", now)
     status(ingest, devs[f"{B}/lane-1"], "online", now, model_version="sim-2")
     add_user(writer, "hq", "admin", [], PASSWORD)
     add_user(writer, "alice", "store", [A], PASSWORD)
@@ -225,7 +239,12 @@ def test_the_store_user_sees_only_its_store(world: World) -> None:
     assert [s["site"] for s in fleet["stores"]] == [B]
     assert {s["site"] for s in world.clients["admin"].get("/api/fleet").json()["stores"]} == {A, B}
     alerts = world.clients["own"].get("/api/alerts").json()
-    assert {a["site"] for a in alerts} == {A} and all(a["age_s"] > 1700 for a in alerts)
+    assert {a["site"] for a in alerts} == {A} and all(a["age_s"] > 100 for a in alerts)
+    assert {a["kind"] for a in alerts} == {"depletion", "source"}
+    page = world.clients["own"].get("/alerts").text
+    assert (
+        "source usb down 75 s: no frames" in page and page.count('class="restocked"') == 2
+    )  # not on a source alert
     cmds = world.clients["other"].get("/api/commands").json()
     assert all(c["site"] == B for c in cmds)
 
