@@ -195,6 +195,9 @@ def collect(
     stats_out: Annotated[
         Path | None, typer.Option(help="write counters and latency percentiles (JSON) here")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Subscribe to every device's messages and store them exactly once (foreground; systemd Type=notify)."""
@@ -220,6 +223,7 @@ def collect(
         max_bytes=max_bytes,
         session_expiry_s=session_expiry_s,
         stats_out=stats_out,
+        metrics_port=metrics_port,
     )
     if client_id:
         cfg.client_id = client_id

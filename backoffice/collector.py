@@ -44,6 +44,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyErro
 
 from backoffice.db import prune
 from backoffice.ingest import Ingest, Outcome
+from backoffice.metrics import Metrics
 from backoffice.protocol import Message, Rejection, parse, subscriptions
 from edge.notify import Notifier
 
@@ -100,6 +101,7 @@ class CollectorConfig:
     prune_every_s: float = 3600.0
     stats_out: Path | None = None
     report_every_s: float = 60.0
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -203,6 +205,7 @@ class Collector:
         self.cfg = cfg
         self.ingest = ingest
         self.stats = Stats()
+        self.metrics = Metrics()
         self.notifier = Notifier()
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._gen = 0
@@ -270,6 +273,7 @@ class Collector:
             self.cfg.group,
         )
         self._connected.set()
+        self.metrics.connected.set(1)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         failed = [str(r) for r in reasons if r.is_failure]
@@ -282,6 +286,7 @@ class Collector:
         with self._ack_lock:
             self._gen += 1  # packet ids of the old connection must not be acknowledged on the next one
         self._connected.clear()
+        self.metrics.connected.set(0)
         if not self._stop.is_set():
             log.warning("MQTT disconnected (%s); reconnecting", reason)
 
@@ -297,6 +302,8 @@ class Collector:
     def run(self) -> int:
         """Collect until SIGTERM/SIGINT or :meth:`stop`; return the exit code."""
         b = self.cfg.broker
+        if self.cfg.metrics_port is not None:
+            self.metrics.serve(self.cfg.metrics_port)
         self._client.connect_async(
             b.host, b.port, keepalive=30, clean_start=False, properties=self._connect_properties()
         )
@@ -364,6 +371,7 @@ class Collector:
         """Parse, store (retrying while the database is away), then acknowledge."""
         batch = [parse(i.topic, i.payload, i.received, self.cfg.prefix, self.cfg.max_bytes) for i in items]
         self._fault("before-begin")
+        started = time.monotonic()
         out = self._store(batch)
         if out is None:
             return  # stopping while the database is away: acknowledge nothing, the broker keeps them
@@ -375,6 +383,7 @@ class Collector:
             if isinstance(r, Rejection):
                 log.warning("rejected a message on %s: %s", r.topic[:200], r.reason)
         self.stats.add(out, batch, committed)
+        self._observe(out, batch, committed, started)
         self._ack(items)
 
     def _store(self, batch: list[Message | Rejection]) -> Outcome | None:
@@ -393,6 +402,7 @@ class Collector:
                         _one_line(exc),
                     )
                 self.stats.counts["retries"] += 1
+                self.metrics.retries.inc()
                 if self._stop.wait(delay) and time.monotonic() - failing_since > 20:
                     log.error(
                         "stopping with the database unavailable: %d messages left to the broker", len(batch)
@@ -417,6 +427,20 @@ class Collector:
             half = len(batch) // 2
             a, b = self._store_splitting(batch[:half]), self._store_splitting(batch[half:])
             return _merge(a, b)
+
+    def _observe(
+        self, out: Outcome, batch: list[Message | Rejection], committed: float, started: float
+    ) -> None:
+        m = self.metrics
+        m.batches.inc()
+        m.commit.observe(time.monotonic() - started)
+        for outcome in ("stored", "duplicates", "conflicts", "rejected", "expired", "status"):
+            n = getattr(out, outcome)
+            if n:
+                m.messages.labels(outcome.rstrip("s") if outcome != "status" else outcome).inc(n)
+        for msg in batch:
+            if isinstance(msg, Message) and msg.keyed:
+                m.lag.observe(max(0.0, committed - msg.ts))
 
     def _ack(self, items: list[_Item]) -> None:
         half = len(items) // 2

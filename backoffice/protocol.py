@@ -28,7 +28,6 @@ import edge
 __all__ = ["KINDS", "MAX_NAME", "Message", "Rejection", "parse", "schema_for", "subscriptions"]
 
 EDGE_SCHEMAS = Path(edge.__file__).resolve().parent / "schemas"
-OWN_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 MAX_NAME = 200  # site, device, line, class and product names (database columns are this wide)
 _MAX_INT = 2**53
 _MAX_TIME = 95_617_584_000.0  # year 5000
@@ -106,18 +105,8 @@ class Rejection:
 
 @cache
 def schema_for(kind: str) -> dict[str, Any]:
-    """The JSON Schema of ``kind``: ``edge/schemas/<file>``; protocol 2 additions until edge has them.
-
-    Until the device side of protocol 2 is merged, ``epoch.json`` comes from ``backoffice/schemas`` and
-    ``counts.json`` gains the optional ``counted`` field here.
-    """
-    name = KINDS[kind][0]
-    path = EDGE_SCHEMAS / name
-    if not path.exists():
-        path = OWN_SCHEMAS / name
-    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    if kind == "counts" and "counted" not in schema["properties"]:
-        schema["properties"]["counted"] = {"$ref": "#/$defs/per_line"}
+    """The JSON Schema of ``kind``: ``edge/schemas/<file>``, the devices' own (protocol 2)."""
+    schema: dict[str, Any] = json.loads((EDGE_SCHEMAS / KINDS[kind][0]).read_text(encoding="utf-8"))
     return schema
 
 
