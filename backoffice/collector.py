@@ -403,6 +403,10 @@ class Collector:
                     )
                 self.stats.counts["retries"] += 1
                 self.metrics.retries.inc()
+                self.notifier.alive()  # waiting for the database is not hanging: keep the watchdog fed
+                self.notifier.status(
+                    f"database unavailable for {time.monotonic() - failing_since:.0f} s; retrying"
+                )
                 if self._stop.wait(delay) and time.monotonic() - failing_since > 20:
                     log.error(
                         "stopping with the database unavailable: %d messages left to the broker", len(batch)

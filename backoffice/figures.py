@@ -1,6 +1,6 @@
 """Counts messages → hourly figures that hold, and the spans where the stream cannot prove them.
 
-The rules (PROTOCOL.md, version 2):
+The rules (device protocol 2: edge/schemas/counts.json and epoch.json describe it):
 
 1. **Each counts message is counted once**, in the UTC hour of its period (a period never spans a quarter
    hour). Its ``interval`` is exact for that period. The ledger's key (epoch, seq) makes it once.

@@ -7,9 +7,9 @@ not store faithfully (a NUL character, an integer beyond 2**53, a non-finite num
 years 1970..5000, a name longer than :data:`MAX_NAME`). Validation uses ``jsonschema-rs`` (about 1 µs per
 message; the pure-Python ``jsonschema`` takes 60-220 µs, a third of the collector's budget).
 
-Topics below ``{prefix}/{site}/{device}/`` (PROTOCOL.md): ``counts``, ``events/crossing``, ``epoch``,
-``cmd/result``, ``alerts/source``, ``alerts/restock/<kind>/<product>``, ``status`` (the only one without
-``seq``).
+Topics below ``{prefix}/{site}/{device}/`` (protocol 2, edge/schemas): ``counts``, ``events/crossing``,
+``epoch``, ``cmd/result``, ``alerts/source``, ``alerts/restock/<kind>/<product>``, ``status`` (the only
+one without ``seq``).
 """
 
 from __future__ import annotations

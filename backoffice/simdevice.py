@@ -1,4 +1,4 @@
-"""Simulated devices that follow PROTOCOL.md (version 2) exactly, with a ground truth.
+"""Simulated devices that follow the device protocol 2 (edge/schemas) exactly, with a ground truth.
 
 A :class:`SimDevice` is one lane's state database, reduced to what the protocol shows: seq numbers that
 continue along the database, a new epoch at every start, the ``epoch`` message, periods aligned to the

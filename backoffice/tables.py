@@ -100,7 +100,7 @@ epochs = Table(
     Column("device_id", Integer, ForeignKey("devices.id"), nullable=False),
     Column("epoch", String(64), nullable=False),
     Column("first_seen", Float, nullable=False),
-    # The epoch message (PROTOCOL.md section 2); NULL until it arrives.
+    # The epoch message (edge/schemas/epoch.json); NULL until it arrives.
     Column("announced_seq", BigInteger),
     Column("started", Float),
     Column("state", String(16)),

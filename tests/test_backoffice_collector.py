@@ -1,5 +1,5 @@
 """The collector as it runs: a real Mosquitto (MQTT 5, shared subscription), real SQLite and PostgreSQL,
-``lanecount-backoffice collect`` as a child process, simulated devices that follow PROTOCOL.md.
+``lanecount-backoffice collect`` as a child process, simulated devices that follow the device protocol 2.
 
 What must hold after any of these: the ledger equals exactly what the devices published (nothing lost,
 nothing twice, no conflict) and the hourly figures equal the ground truth.

@@ -1,4 +1,4 @@
-"""Figures that hold: simulated devices (PROTOCOL.md v2) → ingest → hourly counts vs the ground truth.
+"""Figures that hold: simulated devices (device protocol 2) → ingest → hourly counts vs the ground truth.
 
 No broker here (tests/test_backoffice_collector.py has the real Mosquitto): the messages a device
 publishes are fed straight into the write path, on real SQLite and on a private PostgreSQL, in order,
