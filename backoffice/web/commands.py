@@ -3,7 +3,7 @@
 ``restocked`` is recorded (who, when, what, a new id) before it is published to
 ``{prefix}/{site}/{device}/cmd/restocked`` with QoS 1. The device commits the effect and its
 ``cmd/result`` reply together and answers an id it has seen before from its record without applying it
-again (PROTOCOL.md section 6), so sending a command again is always safe. The answer reaches the
+again (edge/schemas/command_result.json), so sending a command again is always safe. The answer reaches the
 database through the collector (``command_results``); the dashboard never claims a command done on its
 own (see :func:`backoffice.web.views.commands`).
 

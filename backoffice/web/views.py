@@ -143,7 +143,7 @@ def uptimes(conn: Connection, site: str | None = None) -> dict[tuple[str, str], 
 def _regular(start: float | None, end: float | None) -> float | None:
     """The length of a regular period (start and end both multiples of it), else None.
 
-    A counts period ends on a multiple of the device's period (PROTOCOL.md section 4); the exceptions
+    A counts period ends on a multiple of the device's period (edge/schemas/counts.json); the exceptions
     are cut short by a start or a stop, or are the one catch-up period after a pause, and those are
     (almost never) multiples of their own length at both ends.
     """
