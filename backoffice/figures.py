@@ -304,9 +304,14 @@ class Settler:
     # --- settling one period -------------------------------------------------------------------------
 
     def fast(self, p: Period, ep: EpochState) -> bool:
-        """Settle ``p`` without a query when it continues its epoch's tail in the same hour."""
+        """Settle ``p`` without a query when it continues its epoch's tail in the same hour.
+
+        Not when a later epoch continues this one: its first period may already span ``p``'s time
+        (``p`` arrived late) and must be settled again, which the slow path does.
+        """
         if (
-            ep.tail_seq is None
+            ep.child_id is not None
+            or ep.tail_seq is None
             or p.seq <= ep.tail_seq
             or p.start != ep.tail_end
             or p.end > hour_of(p.start) + HOUR

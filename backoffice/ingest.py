@@ -503,6 +503,12 @@ class _Batch:
             flipped = epoch_id in breaks_before and breaks_before[epoch_id] != ep.is_break
             if epoch_id in changed or flipped:
                 settler.resettle_start(ep)
+                # The epochs continuing this one may start their chain from it (its virtual start, or
+                # through it from an earlier one): their first periods are settled again too.
+                child, hops = ep.child_id, 0
+                while child is not None and hops < 8:
+                    settler.resettle_start(settler.epoch(child))
+                    child, hops = settler.epoch(child).child_id, hops + 1
             if ep.parent_id in touched:
                 settler.transitions.add(epoch_id)
 

@@ -34,8 +34,16 @@ UNIT = ROOT / "backoffice" / "systemd" / "lanecount-backoffice.service"
 CLI = [sys.executable, "-m", "backoffice"]
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd or ROOT)
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (a Python start per call would cost a second and a half)."""
+    from typer.testing import CliRunner
+
+    from backoffice.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -201,13 +201,13 @@ def test_two_collectors_one_killed_again_and_again(broker, tmp_path, request):
     fleet = Fleet(broker.host, broker.port)
     rng = random.Random(3)
     devs = lanes(6)
-    sent = play(devs, 1800, rng)
+    sent = play(devs, 900, rng)
     pub = Publisher(fleet, sent, chunk=30, pause=0.05)
     pub.start()
     engine = make_engine(db)
     try:
-        for _ in range(8):
-            time.sleep(rng.uniform(0.4, 1.2))
+        for _ in range(6):
+            time.sleep(rng.uniform(0.4, 1.0))
             flaky.kill()
             time.sleep(rng.uniform(0.0, 0.5))
             flaky.start()
@@ -257,7 +257,7 @@ def test_postgresql_restart_mid_stream(broker, tmp_path, pg_cluster, pg_url):
     fleet = Fleet(broker.host, broker.port)
     rng = random.Random(5)
     devs = lanes(4)
-    sent = play(devs, 1800, rng)
+    sent = play(devs, 900, rng)
     engine = make_engine(pg_url)
     try:
         half = len(sent) // 2
