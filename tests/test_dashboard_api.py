@@ -465,6 +465,13 @@ def test_a_large_fleet_lists_the_lanes_that_need_a_look(world: World, monkeypatc
     assert world.clients["admin"].get("/?all=1").text.count('class="lane state-') == 3
 
 
+def test_a_lanes_period_is_the_regular_length_that_repeats() -> None:
+    assert views._regular(1440 * 5.0, 1440 * 6.0) == 1440.0  # a catch-up can look regular by chance,
+    assert views.pick_period([60.0, 60.0, 1440.0]) == 60.0  # but normal periods repeat
+    assert views.pick_period([1440.0, None, 60.0]) == 60.0 and views.pick_period([None, None, None]) is None
+    assert views._regular(1000.5, 1060.0) is None  # cut short by a start
+
+
 def test_empty_states_say_what_to_do(tmp_path) -> None:
     reader, writer = engines(str(tmp_path / "empty.db"))
     add_user(writer, "dave", "admin", [], PASSWORD)

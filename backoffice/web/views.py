@@ -154,9 +154,10 @@ def _regular(start: float | None, end: float | None) -> float | None:
 
 
 def periods(conn: Connection, site: str | None = None) -> dict[tuple[str, str], float]:
-    """Each lane's counts period: the newest regular period among its three newest counts messages.
+    """Each lane's counts period, from the regular periods among its three newest counts messages.
 
-    Three index look-ups per lane (the newest message and its chain predecessors), no scan.
+    A length that repeats wins (normal periods repeat); else the shortest (a catch-up period after a
+    pause is longer). Three index look-ups per lane (the newest message and its chain predecessors).
     """
     d, cp = t.devices.c, t.counts_periods
     p1, p2 = aliased(cp), aliased(cp)
@@ -178,11 +179,21 @@ def periods(conn: Connection, site: str | None = None) -> dict[tuple[str, str], 
         q = q.where(d.site == site)
     out: dict[tuple[str, str], float] = {}
     for r in conn.execute(q):
-        for start, end in ((r.period_start, r.period_end), (r.s1, r.e1), (r.s2, r.e2)):
-            if (p := _regular(start, end)) is not None:
-                out.setdefault((r.site, r.device), p)
-                break
+        p = pick_period([_regular(r.period_start, r.period_end), _regular(r.s1, r.e1), _regular(r.s2, r.e2)])
+        if p is not None:
+            out[(r.site, r.device)] = max(p, out.get((r.site, r.device), 0.0))
     return out
+
+
+def pick_period(lengths: list[float | None]) -> float | None:
+    """The device's period from regular period lengths (None: not regular).
+
+    A length that repeats wins (normal periods repeat), else the shortest (the catch-up period after a
+    pause is longer).
+    """
+    regular = [p for p in lengths if p]
+    repeated = [p for p in regular if regular.count(p) > 1]
+    return repeated[0] if repeated else min(regular, default=None)
 
 
 def site_tz(conn: Connection, default: str) -> dict[str, str]:
