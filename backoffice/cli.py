@@ -436,6 +436,12 @@ def rejected_cmd(
     typer.echo(render(rows, fmt.value, ["received", "topic", "size", "reason"], tz))
 
 
+# The dashboard's commands (serve, user, site): backoffice/web/cli.py.
+from backoffice.web.cli import register as _register_web  # noqa: E402
+
+_register_web(app)
+
+
 def main() -> None:
     """Console entry point."""
     try:
