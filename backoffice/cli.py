@@ -32,7 +32,7 @@ from backoffice.db import (
     prune,
     revision,
 )
-from backoffice.render import render, when
+from backoffice.render import counts_columns, render, when
 
 app = typer.Typer(
     add_completion=False,
@@ -310,16 +310,7 @@ def counts_cmd(
         res = queries.counts(
             conn, since=lo, until=hi, site=site, device=device, by=by.value, tz=tz, per_device=per_device
         )
-    cols = [
-        "site",
-        *(["device"] if per_device or device else []),
-        "start",
-        "line",
-        "direction",
-        "class_name",
-        "n",
-        "exact",
-    ]
+    cols = counts_columns(device, per_device)
     if fmt is Fmt.json:
         import json
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from backoffice.figures import nest
 
-__all__ = ["render", "when"]
+__all__ = ["counts_columns", "render", "when"]
 
 _TIME_FIELDS = {
     "start",
@@ -29,6 +29,20 @@ _TIME_FIELDS = {
     "started",
     "received",
 }
+
+
+def counts_columns(device: str | None, per_device: bool = False) -> list[str]:
+    """The columns ``lanecount-backoffice counts`` prints; the API's CSV and the lane page use them too."""
+    return [
+        "site",
+        *(["device"] if per_device or device else []),
+        "start",
+        "line",
+        "direction",
+        "class_name",
+        "n",
+        "exact",
+    ]
 
 
 def when(ts: float | None, tz: str = "UTC") -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backoffice import queries
 from backoffice.queries import By
-from backoffice.render import _plain, render
+from backoffice.render import _plain, counts_columns, render
 from backoffice.web import views
 from backoffice.web.accounts import LoginRefused, Session, end_session, login
 from backoffice.web.commands import CommandError
@@ -36,7 +36,7 @@ from backoffice.web.deps import (
 from backoffice.web.session import client_address, new_login_token, set_session_cookie
 from backoffice.web.settings import set_site_tz
 
-__all__ = ["counts_columns", "router"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -71,20 +71,6 @@ class SiteSettingsBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     tz: str = Field(min_length=1, max_length=64, description="IANA time zone, e.g. Europe/Paris")
-
-
-def counts_columns(device: str | None, per_device: bool = False) -> list[str]:
-    """The columns ``lanecount-backoffice counts`` prints (so the CSV is the CLI's CSV)."""
-    return [
-        "site",
-        *(["device"] if per_device or device else []),
-        "start",
-        "line",
-        "direction",
-        "class_name",
-        "n",
-        "exact",
-    ]
 
 
 def _flat(row: Any) -> dict[str, Any]:

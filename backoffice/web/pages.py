@@ -19,9 +19,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from backoffice import queries
 from backoffice.queries import By
+from backoffice.render import counts_columns
 from backoffice.web import views
 from backoffice.web.accounts import LoginRefused, Session, end_session, login
-from backoffice.web.api import counts_columns
 from backoffice.web.app import templates
 from backoffice.web.commands import CommandError
 from backoffice.web.deps import (

@@ -18,17 +18,12 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
+from backoffice import tables as collector_tables
+
 __all__ = ["commands", "login_failures", "metadata", "site_settings", "user_sites", "users", "web_sessions"]
 
 # The collector's naming convention, so constraint names follow one scheme in the database.
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+metadata = MetaData(naming_convention=collector_tables.metadata.naming_convention)
 
 users = Table(
     "users",
