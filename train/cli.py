@@ -310,20 +310,13 @@ def interpolate(
     device: Annotated[str, typer.Option(help="cpu, 0, ...")] = "cpu",
 ) -> None:
     """WiSE-FT: (1-alpha)*pretrained + alpha*fine-tuned weights; alpha given or chosen on a val split."""
-    from train.interpolate import wise_ft
+    from train.interpolate import InterpolateError, parse_alphas, wise_ft
 
-    wise_ft(init, ft, out, alpha, choose_on, floor, _alphas(alphas), imgsz, device, log=typer.echo)
-
-
-def _alphas(text: str) -> list[float]:
-    """``0.5,0.7,1`` or ``START:STOP:STEP`` (inclusive)."""
     try:
-        if ":" in text:
-            start, stop, step = (float(x) for x in text.split(":"))
-            return [round(start + i * step, 4) for i in range(round((stop - start) / step) + 1)]
-        return [float(x) for x in text.split(",")]
-    except ValueError as exc:
-        raise typer.BadParameter(f"expected 0.5,0.7,1 or 0:1:0.1: {text!r}", param_hint="--alphas") from exc
+        grid = parse_alphas(alphas)
+    except InterpolateError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--alphas") from exc
+    wise_ft(init, ft, out, alpha, choose_on, floor, grid, imgsz, device, log=typer.echo)
 
 
 @app.command("real-photos")

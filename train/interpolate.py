@@ -30,7 +30,18 @@ from typing import Any
 
 from edge.errors import LanecountError
 
-__all__ = ["Choice", "InterpolateError", "Pair", "choose", "load_pair", "mix", "save", "scan", "wise_ft"]
+__all__ = [
+    "Choice",
+    "InterpolateError",
+    "Pair",
+    "choose",
+    "load_pair",
+    "mix",
+    "parse_alphas",
+    "save",
+    "scan",
+    "wise_ft",
+]
 
 State = dict[str, Any]  # parameter name -> torch.Tensor (torch imported lazily)
 
@@ -193,6 +204,21 @@ def save(pair: Pair, alpha: float, out: Path, provenance: dict[str, Any]) -> Pat
 
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``0.5,0.7,1`` or ``START:STOP:STEP`` (both ends included), each within 0..1."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            grid = [round(start + i * step, 4) for i in range(round((stop - start) / step) + 1)]
+        else:
+            grid = [float(x) for x in text.split(",")]
+    except (ValueError, ZeroDivisionError) as exc:
+        raise InterpolateError(f"expected 0.5,0.7,1 or 0:1:0.1, got {text!r}") from exc
+    if not grid or any(not 0.0 <= a <= 1.0 for a in grid):
+        raise InterpolateError(f"alphas must lie within 0..1, got {text!r}")
+    return grid
 
 
 def wise_ft(
