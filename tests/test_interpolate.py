@@ -111,3 +111,12 @@ def test_cli_mistakes_are_one_line(coco: Path, tmp_path: Path) -> None:
     other.write_bytes(b"not onnx")
     bad = RUN.invoke(app, ["interpolate", str(coco), str(other), "--alpha", "0.5"])
     assert bad.exit_code == 2 and bad.output.startswith(f"error: {other}") and "Traceback" not in bad.output
+
+
+def test_demo_model_takes_a_fine_tuned_end_only_with_the_wise_step() -> None:
+    from train.demo_model import _args
+
+    with pytest.raises(SystemExit):
+        _args(["--fine-tuned", "best.pt"])
+    a = _args(["--fine-tuned", "best.pt", "--wise-floor", "0.95"])
+    assert a.wise_floor == 0.95 and a.alphas == "0.5:1:0.05" and _args([]).wise_floor is None
