@@ -82,7 +82,7 @@ def test_the_ends_are_the_onnx_model_and_coco_rows_by_name(coco: Path, tmp_path:
         assert torch.allclose(got[key][:3], ref[key][rows])  # alpha 0: COCO's apple, orange, banana rows
         assert torch.equal(got[key][3:], tuned[key][3:])  # classes COCO lacks keep the fine-tuned row
     assert torch.allclose(got["model.0.conv.weight"], ref["model.0.conv.weight"])
-    assert json.loads((tmp_path / "init.json").read_text())["alpha"] == 0.0
+    assert json.loads((tmp_path / "init.interpolate.json").read_text())["alpha"] == 0.0
 
 
 def test_cli_chooses_alpha_on_the_val_split_only(coco: Path, tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_cli_chooses_alpha_on_the_val_split_only(coco: Path, tmp_path: Path) -> 
     args = ["interpolate", str(coco), str(DEFAULT_MODEL), "--out", str(out), "--choose-on", str(data)]
     res = RUN.invoke(app, [*args, "--alphas", "0,1", "--imgsz", "64", "--floor", "1.1"])
     assert res.exit_code == 0, res.output
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads((tmp_path / "wise.interpolate.json").read_text())
     scores = {float(a): s for a, s in meta["val_mAP50-95"].items()}
     assert sorted(scores) == [0.0, 1.0] and "val split" in meta["chosen_on"]
     assert meta["alpha"] == max(scores, key=lambda a: (scores[a], a))  # floor 1.1 unreachable: the best

@@ -178,8 +178,10 @@ def _metrics(weights: Path, data_yaml: Path, imgsz: int, out: Path) -> dict[str,
 
 def _interpolation(weights: Path) -> dict[str, Any] | None:
     """What ``lanecount-train interpolate`` wrote beside ``weights`` (alpha, val scores), if it made them."""
-    side = weights.with_suffix(".json")
-    return json.loads(side.read_text()) if side.is_file() and "alpha" in side.read_text() else None
+    from train.interpolate import sidecar
+
+    side = sidecar(weights)
+    return json.loads(side.read_text()) if side.is_file() else None
 
 
 def export(best: Path, data_yaml: Path, a: argparse.Namespace, train_s: float) -> None:

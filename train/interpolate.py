@@ -40,6 +40,7 @@ __all__ = [
     "parse_alphas",
     "save",
     "scan",
+    "sidecar",
     "wise_ft",
 ]
 
@@ -190,7 +191,7 @@ def load_pair(init: Path, ft: Path) -> Pair:
 
 
 def save(pair: Pair, alpha: float, out: Path, provenance: dict[str, Any]) -> Path:
-    """Write ``theta(alpha)`` as an Ultralytics checkpoint (float32) and ``out`` .json beside it."""
+    """Write ``theta(alpha)`` as an Ultralytics checkpoint (float32) and :func:`sidecar` beside it."""
     import torch
 
     model = deepcopy(pair.model)
@@ -199,8 +200,16 @@ def save(pair: Pair, alpha: float, out: Path, provenance: dict[str, Any]) -> Pat
     meta = {"alpha": alpha, "classes_from_pretrained": list(pair.from_coco), **provenance}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model, "train_args": {"task": "detect"}, "wise_ft": meta}, out)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    sidecar(out).write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def sidecar(weights: Path) -> Path:
+    """Where :func:`save` records alpha and how it was chosen (``NAME.interpolate.json``).
+
+    Not ``NAME.json``: ``lanecount-export onnx`` writes that for the ONNX file of the same stem.
+    """
+    return weights.with_suffix(".interpolate.json")
 
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))
