@@ -299,13 +299,13 @@ def weights(
 def interpolate(
     init: Annotated[Path, typer.Argument(help="The pretrained .pt fine-tuning started from.")],
     ft: Annotated[Path, typer.Argument(help="The fine-tuned model (.pt, or its .onnx export).")],
-    out: Annotated[Path, typer.Option(help="The interpolated checkpoint (.pt; NAME.interpolate.json beside it).")] = Path(
-        "runs/interpolate/wise.pt"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="The interpolated checkpoint (.pt; NAME.interpolate.json beside it).")
+    ] = Path("runs/interpolate/wise.pt"),
     alpha: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="0: pretrained, 1: tuned.")] = None,
     choose_on: Annotated[Path | None, typer.Option(help="data.yaml whose VAL split picks alpha.")] = None,
     floor: Annotated[float, typer.Option(help="Pick the smallest alpha with val mAP50-95 >= this.")] = 0.95,
-    alphas: Annotated[str, typer.Option(help="Candidates for --choose-on: a,b,c or START:STOP:STEP.")] = "0:1:0.1",
+    alphas: Annotated[str, typer.Option(help="Candidates: a,b,c or START:STOP:STEP.")] = "0:1:0.1",
     imgsz: Annotated[int, typer.Option(min=32)] = 640,
     device: Annotated[str, typer.Option(help="cpu, 0, ...")] = "cpu",
 ) -> None:
