@@ -231,7 +231,7 @@ def fit(
     ] = None,
 ) -> None:
     """Fine-tune YOLOv8 on a dataset (checked first); results go under --project in this folder."""
-    from train.fit import FitOptions, default_warmup_bias_lr
+    from train.fit import FitOptions
     from train.fit import fit as run_fit
 
     opts = FitOptions(
@@ -250,7 +250,7 @@ def fit(
         name=name,
         plots=plots,
         force=force,
-        extra={"warmup_bias_lr": default_warmup_bias_lr(model) if warmup_bias_lr is None else warmup_bias_lr},
+        extra={} if warmup_bias_lr is None else {"warmup_bias_lr": warmup_bias_lr},
     )
     result = run_fit(data, opts, resume=resume)
     for key, value in result.metrics.items():

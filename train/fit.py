@@ -158,7 +158,9 @@ def fit(data: Path, opts: FitOptions, resume: Path | None = None) -> FitResult:
         skip = ("model", "extra", "plots", "force", "project")
         args = {k: v for k, v in asdict(opts).items() if k not in skip and v is not None}
         args["project"] = _project(opts.project)
-        results = model.train(data=str(data), plots=plots, verbose=False, **args, **opts.extra)
+        # no bias warm-up from pretrained weights unless asked (default_warmup_bias_lr says why)
+        extra = {"warmup_bias_lr": default_warmup_bias_lr(opts.model), **opts.extra}
+        results = model.train(data=str(data), plots=plots, verbose=False, **args, **extra)
     trainer: Any = model.trainer  # set by train(); Ultralytics types it Optional
     save_dir = Path(trainer.save_dir)
     metrics = {k: float(v) for k, v in (getattr(results, "results_dict", None) or {}).items()}
