@@ -157,8 +157,11 @@ demo: system-deps $(DEMO_STAMP)
 weights: venv
 	$(VENV)/bin/lanecount-train weights yolov8n --out weights
 
+# DEMO_MODEL_ARGS="--wise-floor 0.95" adds the WiSE-FT step (weights interpolated towards COCO, alpha
+# chosen on the synthetic val split); tried on the committed model and not adopted (MODEL_CARD.md).
+DEMO_MODEL_ARGS ?=
 demo-model: weights
-	$(PY) -m train.demo_model --weights weights/yolov8n.pt
+	$(PY) -m train.demo_model --weights weights/yolov8n.pt $(DEMO_MODEL_ARGS)
 
 # What the Ansible controller ships to the Jetsons: JetPack 6 = Ubuntu 22.04 (glibc 2.35), CPython 3.10.
 # tensorrt, python3-systemd and OpenCV come from JetPack/apt (see provisioning/wheelhouse.py).

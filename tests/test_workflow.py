@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import yaml
 
 from edge.model import DEFAULT_MODEL
 from train.synth import write_dataset
@@ -64,6 +65,21 @@ def test_fit_writes_under_the_current_folder_and_says_where_best_pt_is(run: dict
     assert (work / "runs" / "fit" / "train" / "weights" / "best.pt").is_file()
     assert not run["elsewhere"].exists()  # Ultralytics' runs_dir setting was not followed
     assert (work / "runs" / "fit" / "train" / "results.png").is_file()  # curves on by default, offline
+
+
+def test_bias_warm_up_is_off_from_pretrained_weights_unless_asked(run: dict) -> None:
+    work = run["work"]
+    args = yaml.safe_load((work / "runs" / "fit" / "train" / "args.yaml").read_text())
+    assert args["warmup_bias_lr"] == 0.1  # from a .yaml: Ultralytics' warm-up for random biases
+    best = "runs/fit/train/weights/best.pt"  # the runs below go outside runs/, which the report test reads
+    for name, extra, want in (("from-pt", [], 0.0), ("asked", ["--warmup-bias-lr", "0.05"], 0.05)):
+        res = _train(
+            work, run["env"], "fit", str(run["data"]), "--model", best, "--epochs", "1", "--imgsz", "64",
+            "--batch", "4", "--device", "cpu", "--project", "warmup", "--name", name, "--no-plots", *extra,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+        tuned = yaml.safe_load((work / "warmup" / name / "args.yaml").read_text())
+        assert tuned["warmup_bias_lr"] == want, name
 
 
 def test_resume_of_a_finished_run_is_one_line_and_creates_nothing(run: dict) -> None:

@@ -225,6 +225,10 @@ def fit(
     resume: Annotated[Path | None, typer.Option(help="Resume an unfinished run from its last.pt.")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Training curves (results.png).")] = True,
     force: Annotated[bool, typer.Option(help="Train despite dataset check errors.")] = False,
+    warmup_bias_lr: Annotated[
+        float | None,
+        typer.Option(help="Bias lr during warm-up (default: 0.0 from a .pt, Ultralytics' 0.1 from a .yaml)."),
+    ] = None,
 ) -> None:
     """Fine-tune YOLOv8 on a dataset (checked first); results go under --project in this folder."""
     from train.fit import FitOptions
@@ -246,6 +250,7 @@ def fit(
         name=name,
         plots=plots,
         force=force,
+        extra={} if warmup_bias_lr is None else {"warmup_bias_lr": warmup_bias_lr},
     )
     result = run_fit(data, opts, resume=resume)
     for key, value in result.metrics.items():
@@ -288,6 +293,30 @@ def weights(
     typer.echo(f"licence: {w.licence} (Ultralytics YOLOv8; models fine-tuned from it inherit it)")
     check = "the recorded one" if w.verified else f"NOT the recorded {SHA256[:12]}… (your own file)"
     typer.echo(f"sha256: {w.sha256} ({check}); {len(w.names)} COCO classes")
+
+
+@app.command()
+def interpolate(
+    init: Annotated[Path, typer.Argument(help="The pretrained .pt fine-tuning started from.")],
+    ft: Annotated[Path, typer.Argument(help="The fine-tuned model (.pt, or its .onnx export).")],
+    out: Annotated[
+        Path, typer.Option(help="The interpolated checkpoint (.pt; NAME.interpolate.json beside it).")
+    ] = Path("runs/interpolate/wise.pt"),
+    alpha: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="0: pretrained, 1: tuned.")] = None,
+    choose_on: Annotated[Path | None, typer.Option(help="data.yaml whose VAL split picks alpha.")] = None,
+    floor: Annotated[float, typer.Option(help="Pick the smallest alpha with val mAP50-95 >= this.")] = 0.95,
+    alphas: Annotated[str, typer.Option(help="Candidates: a,b,c or START:STOP:STEP.")] = "0:1:0.1",
+    imgsz: Annotated[int, typer.Option(min=32)] = 640,
+    device: Annotated[str, typer.Option(help="cpu, 0, ...")] = "cpu",
+) -> None:
+    """WiSE-FT: (1-alpha)*pretrained + alpha*fine-tuned weights; alpha given or chosen on a val split."""
+    from train.interpolate import InterpolateError, parse_alphas, wise_ft
+
+    try:
+        grid = parse_alphas(alphas)
+    except InterpolateError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--alphas") from exc
+    wise_ft(init, ft, out, alpha, choose_on, floor, grid, imgsz, device, log=typer.echo)
 
 
 @app.command("real-photos")
