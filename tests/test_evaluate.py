@@ -38,6 +38,7 @@ from train.evaluate import (
     EvalResult,
     _remap,
     compare_results,
+    default_out,
     evaluate,
     plot_comparison,
 )
@@ -293,6 +294,15 @@ def _result(weights: str, model_classes: list[str], rows: dict[str, float | None
 def test_remap_by_name():
     assert _remap(["person", "Apple", "milk carton"], ["apple", "milk_carton"]) == [-1, 0, 1]
     assert _remap(list(CLASSES), list(CLASSES)) is None
+
+
+def test_default_out_names_the_dataset_so_two_comparisons_do_not_collide():
+    # The walk-through compares the same two models on the synthetic test split, then on the real photos.
+    synthetic = default_out("compare", ["coco", "tuned"], Path("data/merged/data.yaml"), "test")
+    real = default_out("compare", ["coco", "tuned"], "data/real/data.yaml", "test")
+    assert synthetic != real
+    assert synthetic == Path("runs/compare/coco-vs-tuned-merged-test")
+    assert default_out("eval", ["m"], "my shelf.yaml", "val") == Path("runs/eval/m-my_shelf-val")
 
 
 def test_compare_matches_classes_by_name(tmp_path):

@@ -149,7 +149,7 @@ def test_eval_per_model_version_and_a_report_of_them_all(run: dict) -> None:
     )
     assert demo["version"] == json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["version"]
     assert demo["imgsz"] == 320 and demo["fps"] > 0 and demo["device"].startswith("cpu")
-    assert folders[0].name.endswith("-test") and folders[1].name.endswith("-test")
+    assert all(f.name.endswith(f"-{Path(data).parent.name}-test") for f in folders)
 
     check = _train(work, env, "check", data, "--md", "check.md")
     assert check.returncode == 0, check.stderr
@@ -160,10 +160,9 @@ def test_eval_per_model_version_and_a_report_of_them_all(run: dict) -> None:
     assert "## Training" in text and "](../runs/fit/train/results.png)" in text
     assert "| `train` | yolov8n.yaml | `data.yaml` | 1 | 64 | 4 |" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| `") and "| test |" in ln]
-    assert {r.split("|")[2].strip() for r in rows} == {
-        f"`{demo['version']}`",
-        f"`{Path(folders[1]).name.split('-')[-2]}`",
-    }
+    versions = {json.loads((f / "eval.json").read_text())["version"] for f in folders}
+    assert demo["version"] in versions and len(versions) == 2
+    assert {r.split("|")[2].strip() for r in rows} == {f"`{v}`" for v in versions}
     assert (
         "| train | 11 | 11 |" in text and "](../data/check/samples.png)" in text
     )  # check tables, links re-rooted

@@ -523,14 +523,14 @@ def _model_name(spec: Path | str | Predictor, i: int) -> str:
     return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "weights" else path.name
 
 
-def _default_out(weights_list: Sequence[Path | str | Predictor], split: str) -> Path:
-    from train.evaluate import model_label
+def _default_out(weights_list: Sequence[Path | str | Predictor], data_yaml: Path | str, split: str) -> Path:
+    from train.evaluate import default_out, model_label
 
     labels = [
         getattr(w, "__name__", f"model{i + 1}") if callable(w) else model_label(Path(w))
         for i, w in enumerate(weights_list)
     ]
-    return Path("runs") / "errors" / ("-vs-".join(labels) + f"-{split}")
+    return default_out("errors", labels, data_yaml, split)
 
 
 def analyse(
@@ -557,7 +557,8 @@ def analyse(
         iou: IoU a prediction needs with a truth box of its class to count as a TP.
         imgsz: inference size for weights.
         out_dir: where ``errors.json``, ``errors.csv`` and the galleries go (default:
-            ``runs/errors/<model versions>-<split>``, so another model or split does not overwrite it).
+            ``runs/errors/<model versions>-<dataset>-<split>``, so another model, dataset or split
+            does not overwrite it).
         top: images per gallery.
         device: Ultralytics device string or ``None``.
         nms_iou: NMS IoU for weights.
@@ -574,7 +575,7 @@ def analyse(
     for spec in weights_list:
         if not callable(spec):
             _check_weights(Path(spec))
-    out = Path(out_dir) if out_dir is not None else _default_out(weights_list, split)
+    out = Path(out_dir) if out_dir is not None else _default_out(weights_list, data_yaml, split)
     out.mkdir(parents=True, exist_ok=True)
     data_names = class_names(load_data(data_yaml))
     images = split_images(data_yaml, split)

@@ -79,7 +79,7 @@ def eval_cmd(
     conf: Annotated[float, typer.Option(help="Confidence floor for mAP.")] = 0.001,
     iou: Annotated[float, typer.Option(help="NMS IoU.")] = 0.6,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: runs/eval/<model version>-<split>).")
+        Path | None, typer.Option(help="Output folder (default: runs/eval/<model>-<dataset>-<split>).")
     ] = None,
 ) -> None:
     """Evaluate a model: mAP, precision, recall per class, speed and a confusion matrix."""
@@ -97,7 +97,7 @@ def compare_cmd(
     batch: Annotated[int, typer.Option(help="Batch size.")] = 16,
     device: Device = None,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: runs/compare/<versions>-<split>).")
+        Path | None, typer.Option(help="Output folder (default: runs/compare/<versions>-<dataset>-<split>).")
     ] = None,
 ) -> None:
     """Compare a baseline and a fine-tuned model on the same split, class by class (matched by name)."""
@@ -144,7 +144,7 @@ def errors_cmd(
     device: Device = None,
     top: Annotated[int, typer.Option(help="Images per gallery.")] = 12,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: runs/errors/<versions>-<split>).")
+        Path | None, typer.Option(help="Output folder (default: runs/errors/<versions>-<dataset>-<split>).")
     ] = None,
 ) -> None:
     """Error analysis: TP/FP/FN, precision/recall/F1 and galleries of the worst images."""

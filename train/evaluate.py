@@ -138,9 +138,19 @@ def model_label(weights: Path) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
 
 
-def default_out(kind: str, models: Sequence[Path], split: str) -> Path:
-    """``runs/<kind>/<model label>[-vs-<label>]-<split>``: one folder per model version and split."""
-    return Path("runs") / kind / ("-vs-".join(model_label(Path(m)) for m in models) + f"-{split}")
+def data_label(data_yaml: Path) -> str:
+    """A dataset's folder-safe name: the folder of a ``data.yaml``, else the file's stem."""
+    name = data_yaml.parent.name if data_yaml.name == "data.yaml" else data_yaml.stem
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name) or "data"
+
+
+def default_out(kind: str, labels: Sequence[str], data_yaml: Path | str, split: str) -> Path:
+    """``runs/<kind>/<label>[-vs-<label>]-<dataset>-<split>``: one folder per model, dataset and split.
+
+    The dataset is in the name because the same two models are compared on the synthetic test split
+    and on the real photos, and the second run must not overwrite the first.
+    """
+    return Path("runs") / kind / ("-vs-".join(labels) + f"-{data_label(Path(data_yaml))}-{split}")
 
 
 def _device_text(device: str | None) -> str:
@@ -343,7 +353,7 @@ def evaluate(
         device: ``cpu``, ``0``… or ``None`` for Ultralytics' choice.
         conf: confidence floor for mAP (keep it low: mAP integrates over confidence).
         iou: NMS IoU.
-        out_dir: where results and plots go (default: :func:`default_out`, named by model version and
+        out_dir: where results and plots go (default: :func:`default_out`, named by model version, dataset and
             split, so evaluating another model or split does not overwrite this one).
         plots: Ultralytics' own image plots; ``None`` means on unless offline (``YOLO_OFFLINE=1``).
 
@@ -361,7 +371,9 @@ def evaluate(
     data = load_data(data_yaml)
     _check_split(data, data_yaml, split)
     _check_weights(weights)
-    out = Path(out_dir if out_dir is not None else default_out("eval", [weights], split)).resolve()
+    out = Path(
+        out_dir if out_dir is not None else default_out("eval", [model_label(weights)], data_yaml, split)
+    ).resolve()
     data_names = class_names(data)
     model = _load_model(weights)
     model_names = [str(n) for n in model.names.values()]
@@ -597,7 +609,7 @@ def compare(
         conf: confidence floor for mAP.
         iou: NMS IoU.
         out_dir: results go to ``out_dir/{baseline,finetuned}`` and ``out_dir`` (default: named by both
-            model versions and the split, see :func:`default_out`).
+            model versions, the dataset and the split, see :func:`default_out`).
 
     Returns:
         The :class:`Comparison`; deltas are ``finetuned − baseline``.
@@ -611,7 +623,7 @@ def compare(
     out = (
         Path(out_dir)
         if out_dir is not None
-        else default_out("compare", [Path(baseline), Path(finetuned)], split)
+        else default_out("compare", [model_label(Path(m)) for m in (baseline, finetuned)], data_yaml, split)
     )
     common = dict(
         data_yaml=data_yaml, split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou
