@@ -230,14 +230,19 @@ def test_the_fast_preset_is_what_the_issue_describes() -> None:
 
 def test_the_real_bank_loads_from_the_committed_files() -> None:
     scenes = {s.name: s for s in load_bank()}
-    assert set(scenes) == {"market_street", "bikes", "puck"}
+    assert set(scenes) == {"market_street", "bikes", "puck", "cyclist_g1", "cyclist_g2", "puck_pulled"}
     street = scenes["market_street"]
     assert street.frames == 1799 and street.size == (640, 360) and len(street.truth) == 53
     assert {line.name for line in street.lines} == {"left", "left2", "centre", "right2", "right", "near"}
     assert sum(len(d) for d in street.detections) > 10000  # people, carriages, cars at conf >= 0.25
     assert {street.names[e.class_id] for e in street.truth} == {"person", "bicycle", "car"}
     assert [e.frame for e in scenes["puck"].truth] == [17, 23]
-    assert sum(len(s.truth) for s in scenes.values()) == 56
+    assert sum(len(s.truth) for s in scenes.values()) == 66
+    assert [e.frame for e in scenes["puck_pulled"].truth] == [17, 22]
+    assert {scenes["cyclist_g1"].names[e.class_id] for e in scenes["cyclist_g1"].truth} == {
+        "person",
+        "bicycle",
+    }
 
 
 def test_lanecount_counts_the_puck_on_the_real_bank() -> None:
@@ -258,7 +263,7 @@ def test_bad_bank_files_get_one_line_naming_the_file(tmp_path: Path) -> None:
         f.write("5,-1,1,2,3,4,0.9,0\n")
     with pytest.raises(BankError, match=r"frame 5 outside 1\.\.3"):
         read_detections(dets, 3)
-    assert len(read_crossings(DATA_DIR / "crossings.csv")) == 56
+    assert len(read_crossings(DATA_DIR / "crossings.csv")) == 66
 
 
 if __name__ == "__main__":
