@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.config import LineConfig
-from train.countbench import PlainCounter, external_tracks, lanecount_events, plain_events, score_bank
+from train.countbench import PlainCounter, Scene, external_tracks, lanecount_events, plain_events, score_bank
 from train.countscore import CountEvent, Score, match_events, score_events
 from train.realbank import DATA_DIR, BankError, load_bank, read_crossings, read_detections
 from train.scenebank import NoiseModel, _visible_box, bank, make_scene, preset
@@ -173,8 +174,9 @@ def test_lanecount_beats_supervision_on_the_bank() -> None:
     reason="no .venv-bench with Roboflow's trackers (numpy >= 2): make bench-counting creates it",
 )
 @pytest.mark.parametrize("tracker", ["bytetrack", "hybridsort"])
-def test_lanecount_beats_public_trackers_on_the_fast_belt(tracker: str) -> None:
-    scenes = preset("fast", 0, 6)
+@pytest.mark.parametrize("which", ["fast", "real"])
+def test_lanecount_beats_public_trackers_on_the_fast_belt_and_real_footage(which: str, tracker: str) -> None:
+    scenes: Sequence[Scene] = preset("fast", 0, 6) if which == "fast" else load_bank()
     ours = score_bank(scenes, lanecount_events)
     tracks = external_tracks(scenes, str(BENCH_PYTHON), tracker)
     theirs = sum(
