@@ -141,6 +141,13 @@ class TrackingConfig(_Model):
     distance_threshold: float = Field(0.8, gt=0, description="largest distance that still matches (iou: < 1)")
     hit_counter_max: int = Field(15, ge=1, description="frames a confirmed track lives without a detection")
     initialization_delay: int = Field(3, ge=0, description="detections needed before a track is confirmed")
+    relink_distance: float = Field(
+        0.5,
+        ge=0,
+        description=(
+            "re-link a new track to a lost one whose motion leads to it within this many box sizes (0: off)"
+        ),
+    )
     past_detections_length: int = Field(4, ge=0, description="past detections kept per track (re-id)")
     class_vote_window: int = Field(100, ge=1, description="detections in a track's majority class vote")
     class_vote_confidence: bool = Field(
@@ -192,7 +199,7 @@ class CountingConfig(_Model):
             "a track born near a line within this many frames inherits the side of one that died there"
         ),
     )
-    handoff_px: float = Field(120.0, ge=0, description="how near (px) a new track must be born to inherit")
+    handoff_px: float = Field(80.0, ge=0, description="how near (px) a new track must be born to inherit")
 
     @field_validator("lines")
     @classmethod

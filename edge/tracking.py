@@ -24,6 +24,16 @@ Design choices (each one is tested in ``tests/test_tracking.py``):
   10-30 px per frame from its second detection on; and a confirmed track survives
   ``hit_counter_max`` frames without a detection however young it is. On the fast-belt bank
   (:mod:`train.scenebank`) these two changes cut missed crossings from 224 to 74 of 825.
+* **A lost product that comes back where its motion leads is re-linked, not renamed.** When a belt
+  stops or slows while a product is hidden, the Kalman prediction runs ahead of it and the product
+  comes back as a new track. On its first match that newborn is compared with every confirmed track
+  that is unmatched or lost (kept ``hit_counter_max`` frames more for this): the lost track's
+  prediction, or its last box, against the newborn's box, or the newborn's box carried back along
+  its own velocity over the gap; distance in box sizes, boxes of a different width or height (over
+  :data:`RELINK_SHAPE` times) never linked. Below ``relink_distance`` the old track takes the newborn
+  over, id, class vote and all, so the counter sees one track step across the line (counted once,
+  in the right direction) instead of a lost track and an unknown new one. The shape test matters on
+  real footage: a person must not take over a carriage's lost track of a similar area.
 * **Bad boxes never reach Norfair.** Non-finite or zero-area boxes are dropped before matching (a NaN
   there raises inside Norfair and would stop the daemon), and the distance functions map anything
   non-finite to ``inf`` (never matched).
@@ -32,6 +42,7 @@ Design choices (each one is tested in ``tests/test_tracking.py``):
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -53,6 +64,9 @@ FloatArray = npt.NDArray[np.float64]
 # Norfair's default (1 px²/frame²) needs 4-5 detections to learn a belt moving 25 px per frame, and
 # until then the prediction trails the product by up to a box width: IoU matching fails on fast belts.
 UNKNOWN_VELOCITY_VARIANCE = 1e3
+# A re-linked newborn's width and height are each within this factor of the lost track's last box:
+# detections of one object vary by ~20 % between frames on real footage, different objects by more.
+RELINK_SHAPE = 1.5
 
 
 class _Row(NamedTuple):
@@ -109,6 +123,51 @@ class _BoxDistance(Distance):
         objs = np.stack([o.filter.x[:4, 0] for o in objects])
         dist = self._fn(cand, objs)
         return np.where(np.isfinite(dist), dist, np.inf)
+
+
+class _RelinkDistance(Distance):
+    """Newborn tracks (candidates) against lost or unmatched confirmed tracks (objects), in box sizes.
+
+    Two estimates of where the lost product is now, the smaller wins: the lost track's Kalman
+    prediction against the newborn's box (right when the product kept its speed), and the lost
+    track's last box against the newborn's box carried back along the newborn's own velocity over
+    the gap (right when it changed speed while hidden). Centre distance over the geometric mean of
+    the two boxes' sizes, so the reach scales with the object.
+    """
+
+    def __init__(self, step: Callable[[], int]) -> None:
+        self._step = step
+
+    def get_distances(self, objects: Any, candidates: Any) -> FloatArray:
+        """Return the ``(len(candidates), len(objects))`` distance matrix (``inf``: never linked)."""
+        out = np.full((len(candidates or ()), len(objects or ())), np.inf, dtype=np.float64)
+        step = self._step()
+        for i, new in enumerate(candidates or ()):
+            box = new.last_detection.data.box
+            velocity = new.filter.x[4:8, 0]
+            for j, lost in enumerate(objects or ()):
+                last = lost.last_detection.data.box
+                if lost.id is None or not _same_shape(box, last):
+                    continue
+                gap = step - lost.last_detection.data.step
+                ahead = _centre_gap(lost.filter.x[:4, 0], box)
+                back = _centre_gap(last, box - velocity * gap)
+                out[i, j] = min(ahead, back) / np.sqrt(_size(box) * _size(last))
+        return np.where(np.isfinite(out), out, np.inf)
+
+
+def _size(box: FloatArray) -> float:
+    return float(np.sqrt(max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)))
+
+
+def _centre_gap(a: FloatArray, b: FloatArray) -> float:
+    return float(np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2))
+
+
+def _same_shape(a: FloatArray, b: FloatArray) -> bool:
+    """Width and height each within :data:`RELINK_SHAPE` of the other box's."""
+    wa, ha, wb, hb = a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1]
+    return max(wa / wb, wb / wa, ha / hb, hb / ha) <= RELINK_SHAPE
 
 
 # --- lean Norfair objects ----------------------------------------------------------------------
@@ -185,6 +244,11 @@ class _LeanTrackedObject(TrackedObject):
         counter = np.maximum(self.point_hit_counter + 2 * period, 0)  # ufuncs: np.clip costs 5x more here
         self.point_hit_counter = np.minimum(counter, self.pointwise_hit_counter_max)
         self.filter.update(detection.absolute_points.reshape(-1, 1))
+
+    def merge(self, tracked_object: Any) -> None:
+        """Take a re-linked newborn over; as a confirmed track, with its full life (see :meth:`hit`)."""
+        super().merge(tracked_object)
+        self.hit_counter = self.hit_counter_max
 
 
 class _LeanObjectFactory(_TrackedObjectFactory):
@@ -266,6 +330,10 @@ class ProductTracker:
         )
         self._tracker.distance_function = _BoxDistance(cfg.distance)  # type: ignore[assignment]
         self._tracker._obj_factory = _LeanObjectFactory()
+        if cfg.relink_distance > 0:  # Norfair's ReID hook: newborns against unmatched and lost tracks
+            self._tracker.reid_distance_function = _RelinkDistance(lambda: self._step)  # type: ignore[assignment]
+            self._tracker.reid_distance_threshold = cfg.relink_distance
+            self._tracker.reid_hit_counter_max = cfg.hit_counter_max
         self._votes: dict[int, _ClassVote] = {}  # by Norfair initializing_id: votes start before confirmation
         self._step = 0  # matching uses our own step count, so a repeated frame number cannot confuse it
         self.frame_index: int | None = None  # the last frame processed, for logs
@@ -311,8 +379,13 @@ class ProductTracker:
         return Detections(dets.xyxy[idx], dets.confidence[idx], np.asarray(classes), np.asarray(ids))
 
     def alive_ids(self) -> set[int]:
-        """Ids of the confirmed tracks Norfair still holds (matched or coasting)."""
-        return {o.id for o in self._tracker.tracked_objects if o.id is not None and o.hit_counter_is_positive}
+        """Ids of the confirmed tracks Norfair still holds (matched, coasting, or lost but re-linkable)."""
+        held = self._tracker.reid_hit_counter_max is not None  # lost tracks stay, for re-linking
+        return {
+            o.id
+            for o in self._tracker.tracked_objects
+            if o.id is not None and (held or o.hit_counter_is_positive)
+        }
 
     @property
     def state_size(self) -> int:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.config import LineConfig
-from train.countbench import PlainCounter, external_tracks, lanecount_events, plain_events, score_bank
+from train.countbench import PlainCounter, Scene, external_tracks, lanecount_events, plain_events, score_bank
 from train.countscore import CountEvent, Score, match_events, score_events
 from train.realbank import DATA_DIR, BankError, load_bank, read_crossings, read_detections
 from train.scenebank import NoiseModel, _visible_box, bank, make_scene, preset
@@ -173,8 +174,9 @@ def test_lanecount_beats_supervision_on_the_bank() -> None:
     reason="no .venv-bench with Roboflow's trackers (numpy >= 2): make bench-counting creates it",
 )
 @pytest.mark.parametrize("tracker", ["bytetrack", "hybridsort"])
-def test_lanecount_beats_public_trackers_on_the_fast_belt(tracker: str) -> None:
-    scenes = preset("fast", 0, 6)
+@pytest.mark.parametrize("which", ["fast", "real"])
+def test_lanecount_beats_public_trackers_on_the_fast_belt_and_real_footage(which: str, tracker: str) -> None:
+    scenes: Sequence[Scene] = preset("fast", 0, 6) if which == "fast" else load_bank()
     ours = score_bank(scenes, lanecount_events)
     tracks = external_tracks(scenes, str(BENCH_PYTHON), tracker)
     theirs = sum(
@@ -230,14 +232,19 @@ def test_the_fast_preset_is_what_the_issue_describes() -> None:
 
 def test_the_real_bank_loads_from_the_committed_files() -> None:
     scenes = {s.name: s for s in load_bank()}
-    assert set(scenes) == {"market_street", "bikes", "puck"}
+    assert set(scenes) == {"market_street", "bikes", "puck", "cyclist_g1", "cyclist_g2", "puck_pulled"}
     street = scenes["market_street"]
     assert street.frames == 1799 and street.size == (640, 360) and len(street.truth) == 53
     assert {line.name for line in street.lines} == {"left", "left2", "centre", "right2", "right", "near"}
     assert sum(len(d) for d in street.detections) > 10000  # people, carriages, cars at conf >= 0.25
     assert {street.names[e.class_id] for e in street.truth} == {"person", "bicycle", "car"}
     assert [e.frame for e in scenes["puck"].truth] == [17, 23]
-    assert sum(len(s.truth) for s in scenes.values()) == 56
+    assert sum(len(s.truth) for s in scenes.values()) == 66
+    assert [e.frame for e in scenes["puck_pulled"].truth] == [17, 22]
+    assert {scenes["cyclist_g1"].names[e.class_id] for e in scenes["cyclist_g1"].truth} == {
+        "person",
+        "bicycle",
+    }
 
 
 def test_lanecount_counts_the_puck_on_the_real_bank() -> None:
@@ -258,7 +265,7 @@ def test_bad_bank_files_get_one_line_naming_the_file(tmp_path: Path) -> None:
         f.write("5,-1,1,2,3,4,0.9,0\n")
     with pytest.raises(BankError, match=r"frame 5 outside 1\.\.3"):
         read_detections(dets, 3)
-    assert len(read_crossings(DATA_DIR / "crossings.csv")) == 56
+    assert len(read_crossings(DATA_DIR / "crossings.csv")) == 66
 
 
 if __name__ == "__main__":

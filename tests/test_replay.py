@@ -85,9 +85,10 @@ def test_config_with_only_counting_uses_class_ids(video: dict[str, Any], tmp_pat
 
 
 def test_empty_frames_still_step_the_tracker(tmp_path: Path) -> None:
-    """A product seen in frames 1-10 and again at the same place in frame 40: the 29 empty frames in
-    between must age its track out (Norfair drops it), so the second sighting gets a new id."""
-    lines = [f"{f},-1,100,100,40,40,0.9,2" for f in [*range(1, 11), *range(40, 46)]]
+    """A product seen in frames 1-10 and again at the same place in frame 50: the 39 empty frames in
+    between must age its track out (15 frames coasting, 15 more held for re-linking, then Norfair drops
+    it), so the second sighting gets a new id."""
+    lines = [f"{f},-1,100,100,40,40,0.9,2" for f in [*range(1, 11), *range(50, 56)]]
     det = tmp_path / "det.txt"
     det.write_text("\n".join(lines) + "\n")
     replay(parse_config(""), det, tmp_path / "out")

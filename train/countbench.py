@@ -243,9 +243,10 @@ def score_bank(scenes: Sequence[Scene], events: Callable[[Scene], Events]) -> Sc
 SWEEP: dict[str, tuple[str, list[Any]]] = {
     "hysteresis_px": ("counting", [4.0, 6.0, 8.0, 12.0, 16.0, 24.0]),
     "handoff_frames": ("counting", [0, 15, 30, 60]),
-    "handoff_px": ("counting", [50.0, 80.0, 120.0, 160.0]),
+    "handoff_px": ("counting", [30.0, 50.0, 80.0, 120.0, 160.0]),
     "distance_threshold": ("tracking", [0.5, 0.6, 0.7, 0.8, 0.9]),
     "hit_counter_max": ("tracking", [8, 15, 30]),
+    "relink_distance": ("tracking", [0.0, 0.35, 0.5, 0.75, 1.0]),
     "initialization_delay": ("tracking", [1, 2, 3, 4, 5]),
     "class_vote_window": ("tracking", [10, 30, 100, 1000]),
 }
