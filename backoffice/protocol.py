@@ -10,6 +10,12 @@ message; the pure-Python ``jsonschema`` takes 60-220 µs, a third of the collect
 Topics below ``{prefix}/{site}/{device}/`` (protocol 2, edge/schemas): ``counts``, ``events/crossing``,
 ``epoch``, ``cmd/result``, ``alerts/source``, ``alerts/restock/<kind>/<product>``, ``status`` (the only
 one without ``seq``).
+
+Protocol 1 (devices from before the epoch message) differs on the wire in one place: its counts messages
+have no ``counted``, and it sends no ``epoch`` message (its epoch names a state database, not a start).
+Such counts messages are accepted (:func:`schema_for` with ``protocol=1``); what they cannot prove (the
+totals of lost counts messages, how a period that spans an hour splits) is marked unprovable by
+:mod:`backoffice.figures`, never guessed.
 """
 
 from __future__ import annotations
@@ -104,15 +110,21 @@ class Rejection:
 
 
 @cache
-def schema_for(kind: str) -> dict[str, Any]:
-    """The JSON Schema of ``kind``: ``edge/schemas/<file>``, the devices' own (protocol 2)."""
+def schema_for(kind: str, protocol: int = 2) -> dict[str, Any]:
+    """The JSON Schema of ``kind``: ``edge/schemas/<file>``, the devices' own (protocol 2).
+
+    ``protocol=1`` gives the older devices' counts schema: the same without the required ``counted``.
+    """
     schema: dict[str, Any] = json.loads((EDGE_SCHEMAS / KINDS[kind][0]).read_text(encoding="utf-8"))
+    if protocol == 1 and kind == "counts":
+        schema["required"] = [f for f in schema["required"] if f != "counted"]
+        schema["description"] = "protocol 1: " + schema["description"]
     return schema
 
 
 @cache
-def _validator(kind: str) -> Any:
-    return jsonschema_rs.validator_for(schema_for(kind))
+def _validator(kind: str, protocol: int = 2) -> Any:
+    return jsonschema_rs.validator_for(schema_for(kind, protocol))
 
 
 def subscriptions(prefix: str, group: str) -> tuple[list[str], list[str]]:
@@ -192,7 +204,8 @@ def parse(
 
 
 def _schema_problem(kind: str, body: dict[str, Any]) -> str | None:
-    validator = _validator(kind)
+    # A counts message without `counted` is protocol 1 (see the module docstring).
+    validator = _validator(kind, 1 if kind == "counts" and "counted" not in body else 2)
     if validator.is_valid(body):
         return None
     for err in validator.iter_errors(body):
