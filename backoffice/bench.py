@@ -195,7 +195,9 @@ def ingest_run(
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         with reader.connect() as conn:
-            if conn.execute(select(func.count()).select_from(t.messages)).scalar_one() >= len(sent):
+            stored = conn.execute(select(func.count()).select_from(t.messages)).scalar_one()
+            pending = conn.execute(select(func.count()).select_from(t.pending)).scalar_one()
+            if stored >= len(sent) and not pending:  # in the ledger, and settled
                 break
         time.sleep(0.5)
     reader.dispose()
@@ -306,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-rate", type=float, default=1500.0, help="latency run's rate without an ingest run")
     p.add_argument("--skip-queries", action="store_true")
     p.add_argument("--parts", default="ingest,latency,queries", help="which parts to run (comma-separated)")
+    p.add_argument("--dbs", default="sqlite,postgresql", help="which databases (comma-separated)")
+    p.add_argument("--collectors", default="1,2", help="ingest runs with these numbers of collectors")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="lanecount-bench-"))
@@ -321,9 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         dbs = [("sqlite", lambda name: str(tmp / f"{name}.db"))]
         if pg is not None:
             dbs.append(("postgresql", lambda name: pg.createdb(name)))
+        dbs = [(tag, make) for tag, make in dbs if tag in a.dbs.split(",")]
         parts = set(a.parts.split(","))
         for tag, make in dbs:
-            for n in (1, 2) if "ingest" in parts else ():
+            for n in [int(x) for x in a.collectors.split(",")] if "ingest" in parts else ():
                 r = ingest_run(broker, make(f"ingest{n}"), n, sent, devs, a.out, f"{tag}-{n}")
                 print(json.dumps(r), flush=True)
                 results["ingest"].append(r)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, Table
 from sqlalchemy.engine import Connection
 
-__all__ = ["add_counts", "insert", "insert_new", "update"]
+__all__ = ["add_counts", "delete_keys", "insert", "insert_new", "select_keys", "update"]
 
 _CHUNK = 400  # SQLite: keys per row-value IN (...) (2 parameters each; the limit is 32766)
 
@@ -124,6 +124,42 @@ def _pg(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[tup
         return cur.fetchall() if cur.description else []
     finally:
         cur.close()
+
+
+def select_keys(
+    conn: Connection, table: Table, columns: tuple[str, ...], keys: Sequence[tuple[int, int]]
+) -> list[tuple[Any, ...]]:
+    """``columns`` of the rows whose (epoch_id, seq) is in ``keys``."""
+    if not keys:
+        return []
+    names = ", ".join(f"x.{c}" for c in columns)
+    if conn.dialect.name == "postgresql":
+        sql = (
+            f"SELECT {names} FROM {table.name} x JOIN unnest(%b::int4[], %b::int8[]) AS v(e, s) "
+            "ON x.epoch_id = v.e AND x.seq = v.s"
+        )
+        return _pg(conn, sql, keys)
+    out: list[tuple[Any, ...]] = []
+    for i in range(0, len(keys), _CHUNK):
+        part = keys[i : i + _CHUNK]
+        marks = ", ".join("(?, ?)" for _ in part)
+        sql = f"SELECT {names} FROM {table.name} x WHERE (x.epoch_id, x.seq) IN (VALUES {marks})"
+        out += [tuple(r) for r in conn.exec_driver_sql(sql, tuple(v for k in part for v in k))]
+    return out
+
+
+def delete_keys(conn: Connection, table: Table, keys: Sequence[tuple[int, int]]) -> None:
+    """Delete the rows whose (epoch_id, seq) is in ``keys``."""
+    if not keys:
+        return
+    if conn.dialect.name == "postgresql":
+        sql = (
+            f"DELETE FROM {table.name} USING unnest(%b::int4[], %b::int8[]) AS v(e, s) "
+            f"WHERE {table.name}.epoch_id = v.e AND {table.name}.seq = v.s"
+        )
+        _pg(conn, sql, keys)
+        return
+    conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE epoch_id = ? AND seq = ?", list(keys))
 
 
 def existing(

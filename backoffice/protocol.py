@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+import orjson
 
 import edge
 
@@ -150,10 +151,6 @@ def _kind_of(sub: str) -> str | None:
     return None
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name}")
-
-
 def parse(
     topic: str, raw: bytes, received: float, prefix: str, max_bytes: int = 65536
 ) -> Message | Rejection:
@@ -184,13 +181,12 @@ def parse(
         return no(f"site and device must be 1..{MAX_NAME} characters")
     try:
         text = raw.decode("utf-8")
-        body = json.loads(text, parse_constant=_reject_constant)
+        # orjson (C): a third of json's time; it refuses NaN/Infinity, lone surrogates and depth > 1024.
+        body = orjson.loads(raw)
     except UnicodeDecodeError as exc:
         return no(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})")
-    except ValueError as exc:
+    except orjson.JSONDecodeError as exc:
         return no(f"payload is not JSON: {exc}")
-    except RecursionError:
-        return no("payload is not JSON this collector can read: nested too deeply")
     if not isinstance(body, dict):
         return no(f"payload is a JSON {type(body).__name__}, not an object")
     problem = _schema_problem(kind, body) or _value_problem(body, text) or _names_problem(body)
@@ -239,6 +235,8 @@ def _walk(body: Any, path: str = "", depth: int = 0) -> str | None:
             continue
         if isinstance(value, int) and abs(value) > _MAX_INT:
             return f"{where}: integer beyond 2**53"
+        if isinstance(value, float) and abs(value) > _MAX_INT:  # orjson: an integer beyond 64 bits
+            return f"{where}: number beyond 2**53"
         if isinstance(value, str) and (problem := _text_problem(value)):
             return f"{where}: {problem}"
         if isinstance(value, (dict, list)) and (problem := _walk(value, where, depth + 1)):
