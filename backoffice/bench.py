@@ -87,6 +87,11 @@ class Collectors:
             self.cmds.append(
                 [
                     sys.executable,
+                    *(
+                        ["-m", "cProfile", "-o", f"{os.environ['BENCH_PROFILE']}/{group}-{i}.prof"]
+                        if os.environ.get("BENCH_PROFILE")
+                        else []
+                    ),
                     "-m",
                     "backoffice",
                     "collect",

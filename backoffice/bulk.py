@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, Table
 from sqlalchemy.engine import Connection
 
-__all__ = ["add_counts", "delete_keys", "insert", "insert_new", "select_keys", "update"]
+__all__ = ["add_counts", "delete_keys", "insert", "insert_new", "query", "select_keys", "update"]
 
 _CHUNK = 400  # SQLite: keys per row-value IN (...) (2 parameters each; the limit is 32766)
 
@@ -115,6 +115,16 @@ def update(
     conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {key} = ?{cond}", params)
 
 
+def query(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """A PostgreSQL statement with binary parameters (``%b``), on the connection's transaction."""
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+    finally:
+        cur.close()
+
+
 def _pg(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """One statement with one array per column, sent in binary (text arrays would be escaped per element)."""
     columns = [list(col) for col in zip(*rows, strict=True)]
@@ -148,18 +158,24 @@ def select_keys(
     return out
 
 
-def delete_keys(conn: Connection, table: Table, keys: Sequence[tuple[int, int]]) -> None:
-    """Delete the rows whose (epoch_id, seq) is in ``keys``."""
+def delete_keys(
+    conn: Connection,
+    table: Table,
+    keys: Sequence[tuple[int, int]],
+    columns: tuple[str, str] = ("epoch_id", "seq"),
+) -> None:
+    """Delete the rows whose ``columns`` (two integers) are in ``keys``: one statement, any number."""
     if not keys:
         return
+    a, b = columns
     if conn.dialect.name == "postgresql":
         sql = (
-            f"DELETE FROM {table.name} USING unnest(%b::int4[], %b::int8[]) AS v(e, s) "
-            f"WHERE {table.name}.epoch_id = v.e AND {table.name}.seq = v.s"
+            f"DELETE FROM {table.name} USING unnest(%b::int4[], %b::int8[]) AS v(a, b) "
+            f"WHERE {table.name}.{a} = v.a AND {table.name}.{b} = v.b"
         )
         _pg(conn, sql, keys)
         return
-    conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE epoch_id = ? AND seq = ?", list(keys))
+    conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {a} = ? AND {b} = ?", list(keys))
 
 
 def existing(

@@ -11,9 +11,10 @@ state from the ledger; :meth:`Ingest.store` does both (tests, tools).
    never overwriting, one log line). A copy of a message already removed by retention is *expired*;
 3. for each new key: its crossing or command result row, and a ``pending`` row; status, rejections.
 
-**Settling step**, one transaction per lane set: it *claims* lanes (PostgreSQL: their ``devices`` rows,
-``FOR UPDATE SKIP LOCKED``, so two collectors never wait for each other's lanes; SQLite has one writer),
-takes ALL their pending messages (its own in hand, others' read back from the ledger), and in key order:
+**Settling step**, one transaction per lane set: it *claims* the lanes' stores (PostgreSQL: a
+transaction advisory lock per store, tried, not waited for: a store another collector is settling is
+left to it, and a store's roll-up rows are one step's at a time; SQLite has one writer), takes ALL the
+claimed lanes' pending messages (its own in hand, others' read back from the ledger), and in key order:
 
 4. per epoch: the seq range and its gaps (a late message shrinks or closes a gap), the epoch message;
 5. alerts; counts periods and the hourly roll-up (:mod:`backoffice.figures`);
@@ -206,12 +207,25 @@ class _Batch:
         return len(fresh)
 
     def _claim(self, device_ids: list[int], wait: bool) -> list[int]:
-        """Lock the lanes' device rows (PostgreSQL; in id order); others' locked lanes are skipped."""
+        """Claim the lanes' stores; returns the lanes claimed.
+
+        PostgreSQL: a transaction advisory lock per store, so a store's lanes and its roll-up rows
+        (``site_hourly``) are one settling step's at a time; stores another collector holds are skipped
+        (``wait``: waited for, in one order). SQLite: the write transaction is the whole database's.
+        """
         if not device_ids or self.conn.dialect.name != "postgresql":
-            return device_ids  # SQLite: the write transaction is the whole database's
+            return device_ids
         d = t.devices.c
-        q = select(d.id).where(d.id.in_(device_ids)).order_by(d.id).with_for_update(skip_locked=not wait)
-        return [int(r.id) for r in self.conn.execute(q)]
+        sites: dict[str, list[int]] = defaultdict(list)
+        for r in self.conn.execute(select(d.id, d.site).where(d.id.in_(device_ids))):
+            sites[r.site].append(int(r.id))
+        names = sorted(sites)
+        if wait:
+            bulk.query(self.conn, _LOCK_STORES, [names])
+            got = names
+        else:
+            got = [r[0] for r in bulk.query(self.conn, _TRY_LOCK_STORES, [names])]
+        return sorted(dv for site in got for dv in sites[site])
 
     def _pending(self, claimed: list[int], staged: Staged) -> tuple[list[Key], list[tuple[Key, Message]]]:
         """The claimed lanes' pending keys, and their messages sorted by key (in hand, or read back)."""
@@ -413,7 +427,6 @@ class _Batch:
         self._write_gaps(gaps, before)
 
     def _write_gaps(self, gaps: dict[int, list[list[int]]], before: dict[int, set[tuple[int, ...]]]) -> None:
-        g = t.seq_gaps.c
         drop, add = [], []
         for epoch_id, ranges in gaps.items():
             now = {tuple(x) for x in ranges}
@@ -423,8 +436,8 @@ class _Batch:
                 {"epoch_id": epoch_id, "first_seq": r[0], "last_seq": r[1], "since": _now()}
                 for r in now - old
             ]
-        if drop:
-            self.conn.execute(t.seq_gaps.delete().where(tuple_(g.epoch_id, g.first_seq).in_(drop)))
+        # Not a row-value IN list: thousands of gaps (a lane's alternate seqs) would exceed its stack.
+        bulk.delete_keys(self.conn, t.seq_gaps, drop, ("epoch_id", "first_seq"))
         if add:
             self.conn.execute(t.seq_gaps.insert(), add)
 
@@ -740,6 +753,13 @@ class _Batch:
             self.conn.execute(t.rejected.insert(), rows)
 
 
+# The settling step's store claims: advisory locks (class 19523, key hashtext(site)); a collision of two
+# stores' hashes only makes them one claim.
+_LOCK_STORES = (
+    "SELECT pg_advisory_xact_lock(19523, h) FROM "
+    "(SELECT DISTINCT hashtext(s) AS h FROM unnest(%b::text[]) AS s ORDER BY 1) AS x"
+)
+_TRY_LOCK_STORES = "SELECT s FROM unnest(%b::text[]) AS s WHERE pg_try_advisory_xact_lock(19523, hashtext(s))"
 _BY_SUB = ("alert", "source_alert")  # kinds whose state is keyed by their topic
 _BOOKKEEPING = ("child_id", "min_seq", "max_seq", "top_seq", "n_messages", "tail_seq", "tail_end")
 
@@ -776,7 +796,7 @@ def _pruned(conn: Connection, epoch_ids: set[int]) -> dict[int, int]:
     return {int(r.id): int(r.pruned_seq) for r in rows}
 
 
-def _pending_devices(conn: Connection, limit: int = 1000) -> list[int]:
+def _pending_devices(conn: Connection, limit: int = 200) -> list[int]:
     """Lanes with pending messages (a sweep: left by a killed collector or a skipped claim)."""
     pk = t.pending.c
     return sorted(int(r[0]) for r in conn.execute(select(pk.device_id).distinct().limit(limit)))
