@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, Table
 from sqlalchemy.engine import Connection
 
-__all__ = ["add_counts", "delete_keys", "insert", "insert_new", "query", "select_keys", "update"]
+__all__ = ["add_counts", "delete_keys", "insert", "insert_new", "update"]
 
 _CHUNK = 400  # SQLite: keys per row-value IN (...) (2 parameters each; the limit is 32766)
 
@@ -115,16 +115,6 @@ def update(
     conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {key} = ?{cond}", params)
 
 
-def query(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """A PostgreSQL statement with binary parameters (``%b``), on the connection's transaction."""
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cur.execute(sql, params)
-        return cur.fetchall() if cur.description else []
-    finally:
-        cur.close()
-
-
 def _pg(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """One statement with one array per column, sent in binary (text arrays would be escaped per element)."""
     columns = [list(col) for col in zip(*rows, strict=True)]
@@ -136,35 +126,13 @@ def _pg(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[tup
         cur.close()
 
 
-def select_keys(
-    conn: Connection, table: Table, columns: tuple[str, ...], keys: Sequence[tuple[int, int]]
-) -> list[tuple[Any, ...]]:
-    """``columns`` of the rows whose (epoch_id, seq) is in ``keys``."""
-    if not keys:
-        return []
-    names = ", ".join(f"x.{c}" for c in columns)
-    if conn.dialect.name == "postgresql":
-        sql = (
-            f"SELECT {names} FROM {table.name} x JOIN unnest(%b::int4[], %b::int8[]) AS v(e, s) "
-            "ON x.epoch_id = v.e AND x.seq = v.s"
-        )
-        return _pg(conn, sql, keys)
-    out: list[tuple[Any, ...]] = []
-    for i in range(0, len(keys), _CHUNK):
-        part = keys[i : i + _CHUNK]
-        marks = ", ".join("(?, ?)" for _ in part)
-        sql = f"SELECT {names} FROM {table.name} x WHERE (x.epoch_id, x.seq) IN (VALUES {marks})"
-        out += [tuple(r) for r in conn.exec_driver_sql(sql, tuple(v for k in part for v in k))]
-    return out
-
-
 def delete_keys(
-    conn: Connection,
-    table: Table,
-    keys: Sequence[tuple[int, int]],
-    columns: tuple[str, str] = ("epoch_id", "seq"),
+    conn: Connection, table: Table, columns: tuple[str, str], keys: Sequence[tuple[int, int]]
 ) -> None:
-    """Delete the rows whose ``columns`` (two integers) are in ``keys``: one statement, any number."""
+    """Delete the rows whose ``columns`` (two integers) are in ``keys``: one statement, any number.
+
+    Not a row-value ``IN`` list: PostgreSQL turns thousands of them into an expression deeper than its stack.
+    """
     if not keys:
         return
     a, b = columns

@@ -1,15 +1,12 @@
-"""``lanecount-backoffice collect``: MQTT 5 shared subscription → batches → ledger commit → acks → settle.
+"""``lanecount-backoffice collect``: MQTT 5 shared subscription → batches → one commit each → acks.
 
 The ingest path, top-down, in :meth:`Collector.run`:
 
 1. paho's network thread puts every message (QoS 1, ``manual_ack``) on a queue, nothing else;
 2. the main thread takes up to ``batch_size`` messages or what came within ``batch_ms`` of the first,
-   validates each (:func:`backoffice.protocol.parse`), and stores the batch in the ledger in one
-   transaction (:meth:`backoffice.ingest.Ingest.ledger`);
-3. only after that commit it acknowledges the batch's messages (PUBACK, in the order received);
-4. then it settles the lanes it can claim (:meth:`backoffice.ingest.Ingest.settle`: gaps, epochs,
-   counts periods, roll-ups, alerts), in a second transaction; lanes left pending (another collector
-   held them, or one was killed) are swept up when idle, every ``sweep_every_s`` and at a clean stop.
+   validates each (:func:`backoffice.protocol.parse`), and stores the batch in one transaction
+   (:class:`backoffice.ingest.Ingest`);
+3. only after the commit it acknowledges the batch's messages (PUBACK, in the order received).
 
 A collector killed at any instant has acknowledged only committed messages: the broker delivers the
 rest again (same session, persistent: stable client id, ``clean_start=False``, a session expiry), and the
@@ -46,7 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from backoffice.db import prune
-from backoffice.ingest import Ingest, Outcome, Staged
+from backoffice.ingest import Ingest, Outcome
 from backoffice.metrics import Metrics
 from backoffice.protocol import Message, Rejection, parse, subscriptions
 from edge.notify import Notifier
@@ -102,7 +99,6 @@ class CollectorConfig:
     max_bytes: int = 65536
     keep_days: float | None = None
     prune_every_s: float = 3600.0
-    sweep_every_s: float = 1.0
     stats_out: Path | None = None
     report_every_s: float = 60.0
     metrics_port: int | None = None
@@ -139,7 +135,6 @@ class Stats:
                 "batches",
                 "retries",
                 "acked",
-                "settle_errors",
             ),
             0,
         )
@@ -316,7 +311,6 @@ class Collector:
         self.notifier.ready(f"collecting from {b.host}:{b.port}")
         next_report = time.monotonic() + self.cfg.report_every_s
         next_prune = time.monotonic() if self.cfg.keep_days is not None else float("inf")
-        next_sweep = time.monotonic()
         try:
             while not self._stop.is_set():
                 self.notifier.alive()
@@ -324,11 +318,6 @@ class Collector:
                 if batch:
                     self._commit(batch)
                 now = time.monotonic()
-                if not batch or now >= next_sweep:
-                    # Lanes left pending: by a killed collector, or skipped while another settled them.
-                    next_sweep = now + self.cfg.sweep_every_s
-                    if self._settle(None) and self.stats.first_received is not None:
-                        self.stats.last_commit = time.time()  # the benchmark's rate includes settling
                 if now >= next_report:
                     next_report = now + self.cfg.report_every_s
                     self._report()
@@ -338,9 +327,6 @@ class Collector:
             batch = self._take(drain=True)  # SIGTERM: the batch in hand, nothing more
             if batch:
                 self._commit(batch)
-            for _ in range(20):  # and the lanes still pending (waiting for those another one holds)
-                if not self._settle(None, wait=True):
-                    break
         finally:
             self.notifier.stopping()
             self._report()
@@ -382,35 +368,25 @@ class Collector:
         return items
 
     def _commit(self, items: list[_Item]) -> None:
-        """Parse, store in the ledger (retrying while the database is away), acknowledge, settle."""
+        """Parse, store (retrying while the database is away), then acknowledge."""
         batch = [parse(i.topic, i.payload, i.received, self.cfg.prefix, self.cfg.max_bytes) for i in items]
         self._fault("before-begin")
         started = time.monotonic()
-        stored = self._store(batch)
-        if stored is None:
+        out = self._store(batch)
+        if out is None:
             return  # stopping while the database is away: acknowledge nothing, the broker keeps them
-        out, staged = stored
+        committed = time.time()
         self._fault("after-commit")
         for line in out.conflict_lines:
             log.error(line)
         for r in batch:
             if isinstance(r, Rejection):
                 log.warning("rejected a message on %s: %s", r.topic[:200], r.reason)
-        self._observe(out, batch, time.time(), started)  # Prometheus: publish → ledger commit
+        self.stats.add(out, batch, committed)
+        self._observe(out, batch, committed, started)
         self._ack(items)
-        self._settle(staged)
-        self.stats.add(out, batch, time.time())  # statistics (the benchmark): publish → settled
 
-    def _settle(self, staged: Staged | None, wait: bool = False) -> int:
-        """Settle lanes; a failure leaves their messages pending for the next step or sweep."""
-        try:
-            return self.ingest.settle(staged, wait=wait)
-        except SQLAlchemyError as exc:
-            self.stats.counts["settle_errors"] += 1
-            log.error("settling failed (the ledger is committed; will retry): %s", _one_line(exc))
-            return 0
-
-    def _store(self, batch: list[Message | Rejection]) -> tuple[Outcome, Staged] | None:
+    def _store(self, batch: list[Message | Rejection]) -> Outcome | None:
         delay, failing_since = 0.5, None
         while True:
             try:
@@ -438,10 +414,10 @@ class Collector:
                     return None
                 delay = min(5.0, delay * 2)
 
-    def _store_splitting(self, batch: list[Message | Rejection]) -> tuple[Outcome, Staged]:
+    def _store_splitting(self, batch: list[Message | Rejection]) -> Outcome:
         """Store; a batch refused for its data is halved until the one bad message is rejected."""
         try:
-            return self.ingest.ledger(batch)
+            return self.ingest.store(batch)
         except (IntegrityError, DataError) as exc:
             if exc.connection_invalidated:
                 raise
@@ -449,12 +425,12 @@ class Collector:
                 m = batch[0]
                 log.error("the database refused a message on %s: %s", m.topic[:200], _one_line(exc))
                 raw = m.text.encode() if isinstance(m, Message) else m.raw
-                return self.ingest.ledger(
+                return self.ingest.store(
                     [Rejection(m.topic, raw, f"database refused it: {_one_line(exc)}", m.received)]
                 )
             half = len(batch) // 2
-            (a, sa), (b, sb) = self._store_splitting(batch[:half]), self._store_splitting(batch[half:])
-            return _merge(a, b), {dv: sa.get(dv, []) + sb.get(dv, []) for dv in sa.keys() | sb.keys()}
+            a, b = self._store_splitting(batch[:half]), self._store_splitting(batch[half:])
+            return _merge(a, b)
 
     def _observe(
         self, out: Outcome, batch: list[Message | Rejection], committed: float, started: float

@@ -1,31 +1,17 @@
-"""A batch of messages → two transactions: the ledger (then the collector acknowledges), the lanes' state.
+"""One batch of messages → one transaction: the ledger, the derived tables, the figures.
 
-:meth:`Ingest.ledger` is what the collector acknowledges after; :meth:`Ingest.settle` derives the lanes'
-state from the ledger; :meth:`Ingest.store` does both (tests, tools).
+:meth:`Ingest.store` is the whole write path; the collector acknowledges the batch only after it
+returns. Inside the transaction, in this order:
 
-**Ledger step**, one transaction:
-
-1. devices and epochs get their ids (created on first sight);
+1. devices and epochs get their ids (created on first sight); on PostgreSQL the batch's device rows are
+   locked (``FOR UPDATE``, in id order), so two collectors settle one device's figures one at a time;
 2. the ledger: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on (epoch, seq). What was not inserted is
    a duplicate (same payload: nothing to do) or a **conflict** (another payload: kept in ``conflicts``,
    never overwriting, one log line). A copy of a message already removed by retention is *expired*;
-3. for each new key: its crossing or command result row, and a ``pending`` row; status, rejections.
-
-**Settling step**, one transaction per lane set: it *claims* the lanes' stores (PostgreSQL: a
-transaction advisory lock per store, tried, not waited for: a store another collector is settling is
-left to it, and a store's roll-up rows are one step's at a time; SQLite has one writer), takes ALL the
-claimed lanes' pending messages (its own in hand, others' read back from the ledger), and in key order:
-
-4. per epoch: the seq range and its gaps (a late message shrinks or closes a gap), the epoch message;
-5. alerts; counts periods and the hourly roll-up (:mod:`backoffice.figures`);
-6. deletes exactly the pending rows it read.
-
-Exactly once: a message is pending from the commit that inserted it into the ledger to the commit that
-settled it, so it is settled once whoever does it and whenever a collector dies. Because one step takes
-every pending message of a lane, two collectors that the broker deals a lane's messages alternately
-still settle that lane's chain in order (the in-memory fast path), not as holes the other one fills.
-A lane claimed by another collector is left to it; what remains pending is swept up (idle, every
-second, and at a clean stop).
+3. per epoch: the seq range and its gaps (a late message shrinks or closes a gap), the epoch message;
+4. crossings, command results, alerts and status;
+5. counts periods and the hourly roll-up (:mod:`backoffice.figures`) — only for messages inserted now,
+   so a redelivered message can never be counted twice.
 """
 
 from __future__ import annotations
@@ -46,7 +32,7 @@ from sqlalchemy.engine import Connection
 from backoffice import bulk
 from backoffice import tables as t
 from backoffice.figures import OPEN_GAPS, EpochState, Period, Settler, flat, load_epochs
-from backoffice.protocol import KINDS, Message, Rejection
+from backoffice.protocol import Message, Rejection
 
 __all__ = ["Ingest", "Outcome"]
 
@@ -74,14 +60,8 @@ def _insert(conn: Connection, table: t.Table) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-Staged = dict[int, list[tuple[Key, Message]]]  # device id -> the new messages of a ledger step
-
-
 class Ingest:
     """Stores batches; keeps the ids of devices and epochs it has seen committed.
-
-    Two steps, two transactions: :meth:`ledger` (the collector acknowledges after it) and :meth:`settle`
-    (the lanes' state). :meth:`store` does both.
 
     Args:
         engine: a writer engine (:func:`backoffice.db.make_engine` with ``writer=True``).
@@ -96,73 +76,46 @@ class Ingest:
         self._keys: dict[tuple[str, str, str], int] = {}
 
     def store(self, batch: Sequence[Message | Rejection]) -> Outcome:
-        """Store a batch and settle its lanes (waiting for lanes another collector is settling).
-
-        Raises:
-            sqlalchemy.exc.SQLAlchemyError: nothing of the failed step was stored; the caller retries.
-        """
-        out, staged = self.ledger(batch)
-        self.settle(staged, wait=True)
-        return out
-
-    def ledger(self, batch: Sequence[Message | Rejection]) -> tuple[Outcome, Staged]:
-        """The ledger step, one transaction; returns the new messages by device.
-
-        New keys (each with its crossing or command result row and a ``pending`` row), conflicts,
-        rejections, status.
+        """Store a batch in one transaction.
 
         Raises:
             sqlalchemy.exc.SQLAlchemyError: nothing of the batch was stored; the caller retries.
         """
         out = Outcome()
+        new_devices: dict[tuple[str, str], int] = {}
+        new_epochs: dict[tuple[int, str], int] = {}
         with self.engine.begin() as conn:
-            work = _Batch(self, conn, out)
-            staged = work.ledger(batch)
-        self._learn(work)
-        return out, staged
-
-    def settle(self, staged: Staged | None = None, wait: bool = False) -> int:
-        """The settling step, one transaction: the pending messages of the lanes it can claim.
-
-        Args:
-            staged: lanes to settle, with their messages in hand; None: any lanes with pending messages.
-            wait: wait for lanes another collector is settling (else they are left to it: it claimed
-                them before this step's ledger committed, or it will see them in its next step).
-
-        Returns:
-            how many pending messages were settled.
-        """
-        if staged is not None and not staged:
-            return 0
-        with self.engine.begin() as conn:
-            work = _Batch(self, conn, Outcome())
-            n = work.settle(staged, wait)
-        self._learn(work)
-        return n
-
-    def _learn(self, work: _Batch) -> None:
+            work = _Batch(self, conn, out, new_devices, new_epochs)
+            work.run(batch)
         # Ids learnt in a transaction are trusted only once it has committed.
-        self._devices.update(work.new_devices)
-        self._epochs.update(work.new_epochs)
+        self._devices.update(new_devices)
+        self._epochs.update(new_epochs)
         self._keys.update(work.new_keys)
+        return out
 
 
 class _Batch:
     """The work of one transaction (a class only to share its state between the steps)."""
 
-    def __init__(self, ingest: Ingest, conn: Connection, out: Outcome) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        conn: Connection,
+        out: Outcome,
+        new_devices: dict[tuple[str, str], int],
+        new_epochs: dict[tuple[int, str], int],
+    ) -> None:
         self.ingest, self.conn, self.out = ingest, conn, out
         self.devices = dict(ingest._devices)
         self.epoch_ids = dict(ingest._epochs)
-        self.new_devices: dict[tuple[str, str], int] = {}
-        self.new_epochs: dict[tuple[int, str], int] = {}
+        self.new_devices, self.new_epochs = new_devices, new_epochs
         self.keys = dict(ingest._keys)
         self.new_keys: dict[tuple[str, str, str], int] = {}
         self.epochs: dict[int, EpochState] = {}
 
-    # --- the ledger step ---------------------------------------------------------------------------
+    # --- the steps ---------------------------------------------------------------------------------
 
-    def ledger(self, batch: Sequence[Message | Rejection]) -> Staged:
+    def run(self, batch: Sequence[Message | Rejection]) -> None:
         msgs = [m for m in batch if isinstance(m, Message)]
         rejections = [m for m in batch if isinstance(m, Rejection)]
         device_ids = self._device_ids({(m.site, m.device) for m in msgs})
@@ -175,120 +128,20 @@ class _Batch:
         wanted = {(device_ids[(m.site, m.device)], m.epoch) for m in keyed}
         wanted |= {(device_ids[(s, d)], e) for s, d, e in parents}
         epoch_ids = self._epoch_ids(wanted, min((m.received for m in keyed), default=time.time()))
-        fresh = self._ledger(keyed, device_ids, epoch_ids, _pruned(self.conn, set(epoch_ids.values())))
-        self.ingest.hook("mid-batch")
-        self._crossings([(k, m) for k, m in fresh if m.kind == "crossing"], device_ids)
-        self._command_results([(k, m) for k, m in fresh if m.kind == "cmd_result"], device_ids)
-        self._status([m for m in msgs if not m.keyed], device_ids)
-        self._rejected(rejections)
-        self.out.rejected = len(rejections)
-        staged: Staged = defaultdict(list)
-        for k, m in fresh:
-            staged[device_ids[(m.site, m.device)]].append((k, m))
-        rows = [
-            (k[0], k[1], dv, m.sub if m.kind in _BY_SUB else None) for dv, km in staged.items() for k, m in km
-        ]
-        bulk.insert(self.conn, t.pending, ("epoch_id", "seq", "device_id", "sub"), rows)
-        return dict(staged)
-
-    # --- the settling step -------------------------------------------------------------------------
-
-    def settle(self, staged: Staged | None, wait: bool) -> int:
-        wanted = sorted(staged) if staged is not None else _pending_devices(self.conn)
-        claimed = self._claim(wanted, wait)
-        if not claimed:
-            return 0
-        keys, fresh = self._pending(claimed, staged or {})
-        self.ingest.hook("mid-settle")
-        if fresh:
-            self._settle(fresh)
-        # Exactly the keys read: another ledger step may have added rows for these lanes since.
-        bulk.delete_keys(self.conn, t.pending, keys)
-        return len(fresh)
-
-    def _claim(self, device_ids: list[int], wait: bool) -> list[int]:
-        """Claim the lanes' stores; returns the lanes claimed.
-
-        PostgreSQL: a transaction advisory lock per store, so a store's lanes and its roll-up rows
-        (``site_hourly``) are one settling step's at a time; stores another collector holds are skipped
-        (``wait``: waited for, in one order). SQLite: the write transaction is the whole database's.
-        """
-        if not device_ids or self.conn.dialect.name != "postgresql":
-            return device_ids
-        d = t.devices.c
-        sites: dict[str, list[int]] = defaultdict(list)
-        for r in self.conn.execute(select(d.id, d.site).where(d.id.in_(device_ids))):
-            sites[r.site].append(int(r.id))
-        names = sorted(sites)
-        if wait:
-            bulk.query(self.conn, _LOCK_STORES, [names])
-            got = names
-        else:
-            got = [r[0] for r in bulk.query(self.conn, _TRY_LOCK_STORES, [names])]
-        return sorted(dv for site in got for dv in sites[site])
-
-    def _pending(self, claimed: list[int], staged: Staged) -> tuple[list[Key], list[tuple[Key, Message]]]:
-        """The claimed lanes' pending keys, and their messages sorted by key (in hand, or read back)."""
-        pk = t.pending.c
-        rows = self.conn.execute(
-            select(pk.epoch_id, pk.seq, pk.device_id, pk.sub).where(pk.device_id.in_(claimed))
-        ).all()
-        keys = [(int(r.epoch_id), int(r.seq)) for r in rows]
-        in_hand = {k: m for dv in claimed for k, m in staged.get(dv, ())}
-        out = [(k, in_hand[k]) for k in keys if k in in_hand]
-        others = {k: r for k, r in zip(keys, rows, strict=True) if k not in in_hand}
-        if others:
-            out += self._read_back(others)
-        return keys, sorted(out, key=lambda km: km[0])
-
-    def _read_back(self, pending: dict[Key, Any]) -> list[tuple[Key, Message]]:
-        """Messages another collector (or an earlier, interrupted step) stored in the ledger.
-
-        A key whose message retention has removed meanwhile is left out (nothing to settle).
-        """
-        d, e = t.devices.c, t.epochs.c
-        names = {
-            r.id: (r.site, r.device)
-            for r in self.conn.execute(
-                select(d.id, d.site, d.device).where(d.id.in_({r.device_id for r in pending.values()}))
-            )
-        }
-        epochs = {
-            r.id: r.epoch
-            for r in self.conn.execute(select(e.id, e.epoch).where(e.id.in_({k[0] for k in pending})))
-        }
-        out = []
-        cols = ("epoch_id", "seq", "kind", "received", "payload")
-        for epoch_id, seq, kind, received, payload in bulk.select_keys(
-            self.conn, t.messages, cols, list(pending)
-        ):
-            k = (int(epoch_id), int(seq))
-            p = pending[k]
-            site, device = names[p.device_id]
-            self.devices[(site, device)] = p.device_id
-            self.epoch_ids[(p.device_id, epochs[k[0]])] = k[0]
-            sub = p.sub or KINDS[kind][1]
-            msg = Message("", site, device, kind, sub, json.loads(payload), payload, float(received))
-            out.append((k, msg))
-        return out
-
-    def _settle(self, fresh: list[tuple[Key, Message]]) -> None:
-        device_ids = {(m.site, m.device): self.devices[(m.site, m.device)] for _, m in fresh}
-        parents = {
-            (m.site, m.device, m.body["previous"]["epoch"])
-            for _, m in fresh
-            if m.kind == "epoch" and m.body.get("previous")
-        }
-        wanted = {(device_ids[(s, d)], e) for s, d, e in parents}
-        epoch_ids = {k[0] for k, _ in fresh} | set(self._epoch_ids(wanted, time.time()).values())
-        self.epochs = load_epochs(self.conn, epoch_ids)
+        self._lock(sorted(set(device_ids.values())))
+        self.epochs = load_epochs(self.conn, set(epoch_ids.values()))
         settler = Settler(self.conn, self.epochs)
         self._load_children(settler)
+        fresh = self._ledger(keyed, device_ids, epoch_ids)
+        self.ingest.hook("mid-batch")
         breaks_before = {i: e.is_break for i, e in self.epochs.items()}
         self._sequences(fresh)
         changed = self._epoch_messages([m for _, m in fresh if m.kind == "epoch"], device_ids)
         self._refresh_parents()
-        self._alerts([(k, m) for k, m in fresh if m.kind in _BY_SUB], device_ids)
+        self._crossings([(k, m) for k, m in fresh if m.kind == "crossing"], device_ids)
+        self._command_results([(k, m) for k, m in fresh if m.kind == "cmd_result"], device_ids)
+        self._alerts([(k, m) for k, m in fresh if m.kind in ("alert", "source_alert")], device_ids)
+        self._status([m for m in msgs if not m.keyed], device_ids)
         self._counts([(k, m) for k, m in fresh if m.kind == "counts"], device_ids, settler)
         self._links(settler, fresh, breaks_before, changed)
         self._events_in_open_spans(settler, [(k, m) for k, m in fresh if m.kind == "crossing"], device_ids)
@@ -296,6 +149,8 @@ class _Batch:
             settler.transition(settler.epoch(epoch_id))
         self._hourly(settler)
         self._write_epochs()
+        self._rejected(rejections)
+        self.out.rejected = len(rejections)
 
     def _device_ids(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
         d = t.devices.c
@@ -330,6 +185,11 @@ class _Batch:
                     self.epoch_ids[(r.device_id, r.epoch)] = self.new_epochs[(r.device_id, r.epoch)] = r.id
         return {p: self.epoch_ids[p] for p in pairs}
 
+    def _lock(self, device_ids: list[int]) -> None:
+        if self.conn.dialect.name == "postgresql" and device_ids:
+            d = t.devices.c
+            self.conn.execute(select(d.id).where(d.id.in_(device_ids)).order_by(d.id).with_for_update())
+
     def _load_children(self, settler: Settler) -> None:
         for ep in list(self.epochs.values()):
             if ep.child_id is not None:
@@ -340,13 +200,12 @@ class _Batch:
         keyed: list[Message],
         device_ids: dict[tuple[str, str], int],
         epoch_ids: dict[tuple[int, str], int],
-        pruned: dict[int, int],
     ) -> list[tuple[Key, Message]]:
         """Insert new keys; sort out duplicates, conflicts and expired copies. Returns what is new."""
         first: dict[Key, Message] = {}
         for m in keyed:
             key = (epoch_ids[(device_ids[(m.site, m.device)], m.epoch)], m.seq)
-            if key[1] <= pruned.get(key[0], 0):
+            if key[1] <= self.epochs[key[0]].pruned_seq:
                 self.out.expired += 1
             elif key not in first:
                 first[key] = m
@@ -436,8 +295,7 @@ class _Batch:
                 {"epoch_id": epoch_id, "first_seq": r[0], "last_seq": r[1], "since": _now()}
                 for r in now - old
             ]
-        # Not a row-value IN list: thousands of gaps (a lane's alternate seqs) would exceed its stack.
-        bulk.delete_keys(self.conn, t.seq_gaps, drop, ("epoch_id", "first_seq"))
+        bulk.delete_keys(self.conn, t.seq_gaps, ("epoch_id", "first_seq"), drop)
         if add:
             self.conn.execute(t.seq_gaps.insert(), add)
 
@@ -753,14 +611,6 @@ class _Batch:
             self.conn.execute(t.rejected.insert(), rows)
 
 
-# The settling step's store claims: advisory locks (class 19523, key hashtext(site)); a collision of two
-# stores' hashes only makes them one claim.
-_LOCK_STORES = (
-    "SELECT pg_advisory_xact_lock(19523, h) FROM "
-    "(SELECT DISTINCT hashtext(s) AS h FROM unnest(%b::text[]) AS s ORDER BY 1) AS x"
-)
-_TRY_LOCK_STORES = "SELECT s FROM unnest(%b::text[]) AS s WHERE pg_try_advisory_xact_lock(19523, hashtext(s))"
-_BY_SUB = ("alert", "source_alert")  # kinds whose state is keyed by their topic
 _BOOKKEEPING = ("child_id", "min_seq", "max_seq", "top_seq", "n_messages", "tail_seq", "tail_end")
 
 
@@ -785,21 +635,6 @@ def _place(ep: EpochState, gaps: list[list[int]], s: int) -> None:
                 if s + 1 <= g[1]:
                     gaps.append([s + 1, g[1]])
                 break
-
-
-def _pruned(conn: Connection, epoch_ids: set[int]) -> dict[int, int]:
-    """The highest seq retention removed, per epoch (copies up to it are expired, not new)."""
-    if not epoch_ids:
-        return {}
-    e = t.epochs.c
-    rows = conn.execute(select(e.id, e.pruned_seq).where(e.id.in_(epoch_ids), e.pruned_seq > 0))
-    return {int(r.id): int(r.pruned_seq) for r in rows}
-
-
-def _pending_devices(conn: Connection, limit: int = 200) -> list[int]:
-    """Lanes with pending messages (a sweep: left by a killed collector or a skipped claim)."""
-    pk = t.pending.c
-    return sorted(int(r[0]) for r in conn.execute(select(pk.device_id).distinct().limit(limit)))
 
 
 def _is_first(conn: Connection, p: Period) -> bool:

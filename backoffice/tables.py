@@ -10,8 +10,6 @@ table              what it holds
 ``epochs``         one row per (device, epoch): first seen, the ``epoch`` message, seq range, and the
                    *transition span* (time whose counts the stream cannot prove, see figures.py)
 ``messages``       the ledger: every keyed message exactly once, as received (key: epoch, seq)
-``pending``        ledger keys whose lane state (seq gaps, epochs, periods, roll-ups, alerts) is not
-                   settled yet: written with the ledger, deleted by the step that settles them
 ``counts_periods`` one row per counts message: period, interval, counted, and how it was settled
 ``crossings``      one row per crossing event
 ``count_keys``     (line, direction, class) → a small id, so roll-up rows are four integers
@@ -140,17 +138,6 @@ messages = Table(
     Column("received", Float, nullable=False),
     Column("payload", Text, nullable=False),
     Index(None, "ts"),
-)
-
-# No foreign keys: a row lives from the ledger's commit to the settling step's (checks cost per row).
-pending = Table(
-    "pending",
-    metadata,
-    Column("epoch_id", Integer, primary_key=True, autoincrement=False),
-    Column("seq", BigInteger, primary_key=True, autoincrement=False),
-    Column("device_id", Integer, nullable=False),
-    Column("sub", Text),  # the topic below the device, for alerts (their state is keyed by it)
-    Index(None, "device_id"),
 )
 
 counts_periods = Table(

@@ -159,7 +159,7 @@ def test_migrate_is_idempotent_and_the_schema_matches_the_tables(tmp_path, pg_ur
 
     for url in (str(tmp_path / "m.db"), pg_url):
         first = cli("migrate", "--db", url)
-        assert first.returncode == 0 and "none -> 0002" in first.stdout, first.stderr
+        assert first.returncode == 0 and "none -> 0001" in first.stdout, first.stderr
         again = cli("migrate", "--db", url)
         assert again.returncode == 0 and "up to date" in again.stdout
         engine = make_engine(url)
