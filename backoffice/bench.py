@@ -87,6 +87,11 @@ class Collectors:
             self.cmds.append(
                 [
                     sys.executable,
+                    *(
+                        ["-m", "cProfile", "-o", f"{os.environ['BENCH_PROFILE']}/{group}-{i}.prof"]
+                        if os.environ.get("BENCH_PROFILE")
+                        else []
+                    ),
                     "-m",
                     "backoffice",
                     "collect",
@@ -306,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-rate", type=float, default=1500.0, help="latency run's rate without an ingest run")
     p.add_argument("--skip-queries", action="store_true")
     p.add_argument("--parts", default="ingest,latency,queries", help="which parts to run (comma-separated)")
+    p.add_argument("--dbs", default="sqlite,postgresql", help="which databases (comma-separated)")
+    p.add_argument("--collectors", default="1,2", help="ingest runs with these numbers of collectors")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="lanecount-bench-"))
@@ -321,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         dbs = [("sqlite", lambda name: str(tmp / f"{name}.db"))]
         if pg is not None:
             dbs.append(("postgresql", lambda name: pg.createdb(name)))
+        dbs = [(tag, make) for tag, make in dbs if tag in a.dbs.split(",")]
         parts = set(a.parts.split(","))
         for tag, make in dbs:
-            for n in (1, 2) if "ingest" in parts else ():
+            for n in [int(x) for x in a.collectors.split(",")] if "ingest" in parts else ():
                 r = ingest_run(broker, make(f"ingest{n}"), n, sent, devs, a.out, f"{tag}-{n}")
                 print(json.dumps(r), flush=True)
                 results["ingest"].append(r)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, Table
 from sqlalchemy.engine import Connection
 
-__all__ = ["add_counts", "insert", "insert_new", "update"]
+__all__ = ["add_counts", "delete_keys", "insert", "insert_new", "update"]
 
 _CHUNK = 400  # SQLite: keys per row-value IN (...) (2 parameters each; the limit is 32766)
 
@@ -124,6 +124,26 @@ def _pg(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[tup
         return cur.fetchall() if cur.description else []
     finally:
         cur.close()
+
+
+def delete_keys(
+    conn: Connection, table: Table, columns: tuple[str, str], keys: Sequence[tuple[int, int]]
+) -> None:
+    """Delete the rows whose ``columns`` (two integers) are in ``keys``: one statement, any number.
+
+    Not a row-value ``IN`` list: PostgreSQL turns thousands of them into an expression deeper than its stack.
+    """
+    if not keys:
+        return
+    a, b = columns
+    if conn.dialect.name == "postgresql":
+        sql = (
+            f"DELETE FROM {table.name} USING unnest(%b::int4[], %b::int8[]) AS v(a, b) "
+            f"WHERE {table.name}.{a} = v.a AND {table.name}.{b} = v.b"
+        )
+        _pg(conn, sql, keys)
+        return
+    conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {a} = ? AND {b} = ?", list(keys))
 
 
 def existing(

@@ -286,7 +286,6 @@ class _Batch:
         self._write_gaps(gaps, before)
 
     def _write_gaps(self, gaps: dict[int, list[list[int]]], before: dict[int, set[tuple[int, ...]]]) -> None:
-        g = t.seq_gaps.c
         drop, add = [], []
         for epoch_id, ranges in gaps.items():
             now = {tuple(x) for x in ranges}
@@ -296,8 +295,7 @@ class _Batch:
                 {"epoch_id": epoch_id, "first_seq": r[0], "last_seq": r[1], "since": _now()}
                 for r in now - old
             ]
-        if drop:
-            self.conn.execute(t.seq_gaps.delete().where(tuple_(g.epoch_id, g.first_seq).in_(drop)))
+        bulk.delete_keys(self.conn, t.seq_gaps, ("epoch_id", "first_seq"), drop)
         if add:
             self.conn.execute(t.seq_gaps.insert(), add)
 
