@@ -89,7 +89,8 @@ PYTHON310 ?= $(shell root="$$(pyenv root 2>/dev/null)"; \
 	|| command -v python3.10)
 # The tests of train/ and export/: they need the train/export extras, which a Jetson never installs.
 NOT_EDGE_TESTS := tests/test_dataset.py tests/test_evaluate.py tests/test_export.py tests/test_synth.py \
-	tests/test_inputs.py tests/test_realphotos.py tests/test_workflow.py tests/test_weights.py
+	tests/test_inputs.py tests/test_realphotos.py tests/test_workflow.py tests/test_weights.py \
+	tests/test_interpolate.py
 
 $(EDGE_STAMP): pyproject.toml
 	@[ -n "$(PYTHON310)" ] || { echo "make test-edge needs Python 3.10 (JetPack 6's Python): \
